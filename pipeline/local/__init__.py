@@ -1,0 +1,1 @@
+"""Embedded local mode: the compiled pipeline run on one machine with local stand-ins."""

@@ -1,0 +1,33 @@
+"""Domain errors of the local stand-ins, mirroring Google API error statuses.
+
+Raised in the service layer; the emulator's HTTP edge turns them into the API's error JSON
+in one place (`emulator/app.py`).
+"""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: an HTTP status code and a Google canonical status name."""
+
+    code = 500
+    status = "INTERNAL"
+
+
+class InvalidArgument(ServiceError):
+    code = 400
+    status = "INVALID_ARGUMENT"
+
+
+class FailedPrecondition(ServiceError):
+    code = 400
+    status = "FAILED_PRECONDITION"
+
+
+class NotFound(ServiceError):
+    code = 404
+    status = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    code = 409
+    status = "ALREADY_EXISTS"
