@@ -82,7 +82,8 @@ def validate_frame(frame: pd.DataFrame, source: str, with_label: bool = True) ->
     missing = [name for name in expected if name not in frame.columns]
     if missing:
         raise SchemaError(
-            f"{source}: column {missing[0]!r} is missing; expected the columns {', '.join(expected)}"
+            f"{source}: column {missing[0]!r} is missing; "
+            f"expected the columns {', '.join(expected)}"
         )
     if frame.empty:
         raise SchemaError(f"{source}: no rows; check the query or split that produced it")
@@ -100,7 +101,9 @@ def validate_frame(frame: pd.DataFrame, source: str, with_label: bool = True) ->
         bad = frame[name].isna()
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise SchemaError(f"{source}: row {row + 1} column {name!r} is empty; expected a STRING")
+            raise SchemaError(
+                f"{source}: row {row + 1} column {name!r} is empty; expected a STRING"
+            )
     if with_label:
         labels = pd.to_numeric(frame[LABEL_COLUMN])
         bad = ~labels.isin(CLASSES)

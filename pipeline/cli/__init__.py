@@ -7,11 +7,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `covertype` console script."""
-    from pipeline.cli import bq
+    from pipeline.cli import bq, run
 
     parser = argparse.ArgumentParser(prog="covertype", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (bq,):
+    for module in (bq, run):
         module.register(subparsers)
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,69 @@
-"""ml v1 routes: placeholder until implemented."""
-from fastapi import APIRouter
+"""ml v1 `projects.jobs` routes (create, get, list, cancel) over the local TrainingService.
+
+Paths are the discovery document's flatPaths. One TrainingService per app, made on first use
+from `app.state.home` and closed when the server shuts down (running jobs end FAILED,
+interrupted, and their trial processes are killed).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.local.errors import InvalidArgument
+from pipeline.local.training import TrainingService
 
 router = APIRouter()
+_service_lock = threading.Lock()
+
+
+def training_service(app: FastAPI) -> TrainingService:
+    """The app's TrainingService, created on first use and closed at shutdown."""
+    with _service_lock:
+        service = getattr(app.state, "training", None)
+        if service is None:
+            service = app.state.training = TrainingService(app.state.home)
+            app.router.on_shutdown.append(service.close)
+    return service
+
+
+@router.post("/v1/projects/{project}/jobs")
+async def create_job(project: str, request: Request) -> dict:
+    """projects.jobs.create: validate, record QUEUED and start the job."""
+    body = await _json_body(request)
+    return await run_in_threadpool(training_service(request.app).create_job, project, body)
+
+
+@router.get("/v1/projects/{project}/jobs")
+async def list_jobs(project: str, request: Request) -> dict:
+    """projects.jobs.list: newest first, with pageSize/pageToken paging."""
+    query = request.query_params
+    if query.get("filter"):
+        raise InvalidArgument("filter is not supported by the local emulator; list without it")
+    size = query.get("pageSize", "0")
+    if not size.isdigit():
+        raise InvalidArgument(f"pageSize {size!r} is not a whole number >= 0")
+    return await run_in_threadpool(training_service(request.app).list_jobs, project, int(size),
+                                   query.get("pageToken", ""))
+
+
+@router.get("/v1/projects/{project}/jobs/{job}")
+async def get_job(project: str, job: str, request: Request) -> dict:
+    """projects.jobs.get: the Job with its state and trainingOutput."""
+    return await run_in_threadpool(training_service(request.app).get_job, project, job)
+
+
+@router.post("/v1/projects/{project}/jobs/{job}:cancel")
+async def cancel_job(project: str, job: str, request: Request) -> dict:
+    """projects.jobs.cancel: returns Empty; the job turns CANCELLING, then CANCELLED."""
+    return await run_in_threadpool(training_service(request.app).cancel_job, project, job)
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"{}")
+    except ValueError as error:
+        raise InvalidArgument(f"the request body is not valid JSON ({error})") from None

@@ -1,0 +1,167 @@
+"""`covertype run --local` and `covertype runs list|show`."""
+from __future__ import annotations
+
+import argparse
+import threading
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from pipeline.local import records
+from pipeline.local.data import LAB_ROWS, parse_rows
+from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.summary import RunSummary
+
+STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",
+                records.SKIPPED: "dim", records.OMITTED: "dim", records.PENDING: "dim"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run the pipeline (locally with --local)")
+    run.add_argument("--local", action="store_true", required=True,
+                     help="run on this machine with the local stand-ins (required; for a "
+                          "cluster use `make upload` and `make run`)")
+    run.add_argument("--package", help="compiled pipeline YAML (default: compile the DSL now)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="pipeline parameter, same names as `kfp run submit`; repeatable")
+    run.add_argument("--rows", default=str(LAB_ROWS),
+                     help=f"bundled rows to load as the source table (default {LAB_ROWS}; 'all')")
+    run.set_defaults(func=_run)
+    runs = subparsers.add_parser("runs", help="list or show local runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_commands.add_parser("list", help="all runs, newest first").set_defaults(func=_list)
+    show = runs_commands.add_parser("show", help="one run in detail")
+    show.add_argument("run_id")
+    show.set_defaults(func=_show)
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    """`NAME=VALUE` strings to a dict; a malformed one is a one-line error."""
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param {pair!r} is not NAME=VALUE; e.g. --param version_id=v02")
+        params[name.strip()] = value
+    return params
+
+
+class Progress:
+    """Live step table on a terminal; one plain line per event elsewhere (CI, pipes)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.record: RunRecord | None = None
+        self.last_line: dict[str, str] = {}
+        self.live: Live | None = None
+        self._lock = threading.Lock()
+
+    def start(self, record: RunRecord) -> None:
+        self.record = record
+        self.console.print(f"Run [bold]{record.run_id}[/] started")
+        if self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4,
+                             get_renderable=self._table)
+            self.live.start()
+
+    def step(self, step: StepRecord) -> None:
+        if not self.live and step.status != records.PENDING:
+            duration = f" in {step.duration_s:.1f} s" if step.duration_s is not None else ""
+            with self._lock:
+                self.console.print(f"  {step.name}: {step.status}{duration}")
+
+    def line(self, step: StepRecord, line: str) -> None:
+        self.last_line[step.name] = line
+        if not self.live and line.lstrip().lower().startswith("trial"):
+            with self._lock:
+                self.console.print(f"    {step.name}: {line.strip()}", markup=False)
+
+    def stop(self) -> None:
+        if self.live:
+            self.live.stop()
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=False)
+        for step in (self.record.steps.values() if self.record else []):
+            detail = self.last_line.get(step.name, "") if step.status == records.RUNNING else ""
+            duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
+            table.add_row(step.name, f"[{STATUS_STYLE[step.status]}]{step.status}[/]", duration,
+                          detail[-70:])
+        return table
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.local.run_local import run_local
+
+    console = Console(highlight=False)
+    params = parse_params(args.param)
+    rows = parse_rows(args.rows)
+    progress = Progress(console)
+    try:
+        record = run_local(Path(args.package) if args.package else None, params, rows,
+                           on_step=progress.step, on_line=progress.line, on_start=progress.start)
+    finally:
+        progress.stop()
+    print_summary(console, record)
+    return 0 if record.status == records.SUCCEEDED else 1
+
+
+def print_summary(console: Console, record: RunRecord) -> None:
+    """The end-of-run summary: steps, best trial, gate, deployment, where things are."""
+    store = RunStore()
+    style = STATUS_STYLE.get(record.status, "")
+    took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
+    console.print(f"\nRun [bold]{record.run_id}[/]: [{style}]{record.status}[/]{took}")
+    if record.message:
+        console.print(f"  {record.message}", markup=False)
+    table = Table("step", "status", "duration", "note", box=None)
+    for step in record.steps.values():
+        duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
+        table.add_row(step.name, f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
+                      duration, step.message[:90])
+    console.print(table)
+    summary = RunSummary.of(record)
+    if summary.best_trial:
+        trial = ", ".join(f"{name}={value}" for name, value in summary.best_trial.items())
+        console.print(f"Best trial: {trial}")
+    if summary.metric_value is not None:
+        verdict = "passed" if summary.metric_value > summary.threshold else "did not pass"
+        console.print(f"Evaluation: {summary.metric_name} {summary.metric_value:.4f} vs "
+                      f"threshold {summary.threshold} -> {verdict}")
+    if summary.deployed_version:
+        console.print(f"Deployed: [bold]{summary.deployed_version}[/]")
+    else:
+        console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
+    console.print(f"Run folder: {store.folder(record.run_id)}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    table = Table("run id", "status", "start", "duration", "metric", "deployed", box=None)
+    for record in RunStore().list():
+        summary = RunSummary.of(record)
+        metric = (f"{summary.metric_name} {summary.metric_value:.4f}"
+                  if summary.metric_value is not None else "")
+        duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
+        table.add_row(record.run_id, record.status, record.start, duration, metric,
+                      summary.deployed_version or "no")
+    console.print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    record = RunStore().load(args.run_id)
+    console.print("Parameters:")
+    for name, value in record.parameters.items():
+        console.print(f"  {name} = {value}", markup=False)
+    print_summary(console, record)
+    folder = RunStore().folder(record.run_id)
+    for step in record.steps.values():
+        if step.log:
+            console.print(f"  log {step.name}: {folder / step.log}")
+    return 0
+

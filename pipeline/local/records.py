@@ -1,0 +1,130 @@
+"""Run records: one folder per run with its parameters, step states, timings, logs, outputs.
+
+`<home>/runs/<run_id>/run.json` is rewritten atomically on every change, so a reader (the
+CLI, the run browser) never sees half a record, and a killed run leaves its last state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.local.home import runs_dir
+
+RUN_FILE = "run.json"
+# Step and run states follow Argo's node phases.
+PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED = (
+    "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted")
+
+
+def new_run_id() -> str:
+    """Sortable, unique: UTC time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class StepRecord:
+    """One executed DAG task (container or sub-DAG)."""
+
+    name: str
+    template: str
+    status: str = PENDING
+    dependencies: list[str] = field(default_factory=list)
+    parent: str = ""
+    start: str = ""
+    end: str = ""
+    duration_s: float | None = None
+    attempts: int = 0
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    log: str = ""
+
+
+@dataclass
+class RunRecord:
+    """The whole run, serialised to run.json."""
+
+    run_id: str
+    pipeline: str
+    package: str
+    parameters: dict[str, str]
+    status: str = RUNNING
+    start: str = field(default_factory=_now)
+    end: str = ""
+    duration_s: float | None = None
+    message: str = ""
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        steps = {name: StepRecord(**step) for name, step in data.pop("steps", {}).items()}
+        return cls(**data, steps=steps)
+
+
+class RunStore:
+    """Writes and reads run records below `<home>/runs`; thread-safe for one writer process."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or runs_dir()
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+
+    def folder(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def save(self, record: RunRecord) -> None:
+        """Persist the record atomically (write a temp file, then rename)."""
+        with self._lock:
+            folder = self.folder(record.run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / f".{RUN_FILE}.{os.getpid()}.tmp"
+            temporary.write_text(json.dumps(asdict(record), indent=1))
+            os.replace(temporary, folder / RUN_FILE)
+
+    def step_started(self, record: RunRecord, step: StepRecord) -> None:
+        step.status, step.start, step.end, step.duration_s = RUNNING, _now(), "", None
+        step.attempts += 1
+        self._started[f"{record.run_id}/{step.name}"] = time.monotonic()
+        self.save(record)
+
+    def step_finished(self, record: RunRecord, step: StepRecord, status: str,
+                      message: str = "") -> None:
+        started = self._started.pop(f"{record.run_id}/{step.name}", None)
+        step.status, step.message, step.end = status, message, _now()
+        if started is not None:
+            step.duration_s = round(time.monotonic() - started, 3)
+        self.save(record)
+
+    def run_finished(self, record: RunRecord, status: str, message: str = "") -> None:
+        record.status, record.message, record.end = status, message, _now()
+        started = datetime.fromisoformat(record.start.replace("Z", "+00:00"))
+        record.duration_s = round((datetime.now(UTC) - started).total_seconds(), 3)
+        self.save(record)
+
+    def load(self, run_id: str) -> RunRecord:
+        path = self.folder(run_id) / RUN_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no run {run_id!r} under {self.root}; "
+                                    "list runs with `covertype runs list`")
+        return RunRecord.from_dict(json.loads(path.read_text()))
+
+    def list(self) -> list[RunRecord]:
+        """All runs, newest first; unreadable folders are skipped."""
+        records = []
+        for path in sorted(self.root.glob(f"*/{RUN_FILE}"), reverse=True):
+            try:
+                records.append(RunRecord.from_dict(json.loads(path.read_text())))
+            except (ValueError, TypeError):
+                continue
+        return records

@@ -1,0 +1,62 @@
+"""What a finished run means: best trial, metric against threshold, what was deployed.
+
+Read from the run record's step outputs (the pipeline's own task names), shared by the CLI
+and the run browser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.local import records
+from pipeline.local.records import RunRecord
+
+BEST_RUN_STEP, EVALUATE_STEP, DEPLOY_STEP = "retrieve-best-run", "evaluate-model", "deploy-model"
+
+
+def step_output(record: RunRecord, step: str, name: str) -> str | None:
+    """Output `name` of a step (KFP prefixes output parameters with the task name)."""
+    outputs = record.steps[step].outputs if step in record.steps else {}
+    for key, value in outputs.items():
+        if key == name or key.endswith(f"-{name}"):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The few facts a user wants first."""
+
+    best_trial: dict[str, str]
+    metric_name: str | None
+    metric_value: float | None
+    threshold: float | None
+    deployed_version: str | None
+    not_deployed_reason: str | None
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunSummary:
+        best = {name: value for name in ("metric_value", "alpha", "max_iter")
+                if (value := step_output(record, BEST_RUN_STEP, name)) is not None}
+        metric = step_output(record, EVALUATE_STEP, "metric_value")
+        threshold = record.parameters.get("evaluation_metric_threshold")
+        deployed = step_output(record, DEPLOY_STEP, "version_name")
+        reason = None
+        if not deployed:
+            if metric is None:
+                reason = f"the run {record.status.lower()} before evaluation"
+                if record.message:
+                    reason += f": {record.message}"
+            elif float(metric) <= float(threshold):
+                reason = f"metric {float(metric):.4f} is not above the threshold {threshold}"
+            else:
+                deploy = record.steps.get(DEPLOY_STEP)
+                reason = (deploy.message if deploy and deploy.status == records.FAILED
+                          else f"the run {record.status.lower()}: {record.message}")
+        return cls(
+            best_trial=best,
+            metric_name=step_output(record, EVALUATE_STEP, "metric_name"),
+            metric_value=float(metric) if metric is not None else None,
+            threshold=float(threshold) if threshold is not None else None,
+            deployed_version=deployed,
+            not_deployed_reason=reason,
+        )
