@@ -2,7 +2,7 @@
 
 | variable | default |
 |---|---|
-| BASE_IMAGE | gcr.io/$PROJECT_ID/base_image:latest, or covertype/base_image:local (local runs only) |
+| BASE_IMAGE | gcr.io/$PROJECT_ID/base_image:latest, or covertype/base_image:local (local only) |
 | TRAINER_IMAGE | gcr.io/$PROJECT_ID/trainer_image:latest, or covertype/trainer_image:local |
 | RUNTIME_VERSION | 2.11 (the last AI Platform Prediction runtime with scikit-learn) |
 | PYTHON_VERSION | 3.7 (the Python of runtime 2.11) |

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_show)
 
 
+def make_console() -> Console:
+    """A console that does not cut lines when the output is a file or a pipe."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=200)
+
+
 def parse_params(pairs: list[str]) -> dict[str, str]:
     """`NAME=VALUE` strings to a dict; a malformed one is a one-line error."""
     params = {}
@@ -75,7 +81,8 @@ class Progress:
         self.last_line[step.name] = line
         if not self.live and line.lstrip().lower().startswith("trial"):
             with self._lock:
-                self.console.print(f"    {step.name}: {line.strip()}", markup=False)
+                self.console.print(f"    {step.name}: {line.strip()}", markup=False,
+                                   soft_wrap=True)
 
     def stop(self) -> None:
         if self.live:
@@ -96,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from pipeline.local.run_local import run_local
 
-    console = Console(highlight=False)
+    console = make_console()
     params = parse_params(args.param)
     rows = parse_rows(args.rows)
     progress = Progress(console)
@@ -139,21 +146,23 @@ def print_summary(console: Console, record: RunRecord) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = make_console()
     table = Table("run id", "status", "start", "duration", "metric", "deployed", box=None)
     for record in RunStore().list():
         summary = RunSummary.of(record)
         metric = (f"{summary.metric_name} {summary.metric_value:.4f}"
                   if summary.metric_value is not None else "")
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
+        deployed = summary.deployed_version or ""
         table.add_row(record.run_id, record.status, record.start, duration, metric,
-                      summary.deployed_version or "no")
+                      deployed.replace("projects/local/models/", "").replace("/versions/", " ")
+                      or "no")
     console.print(table)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = make_console()
     record = RunStore().load(args.run_id)
     console.print("Parameters:")
     for name, value in record.parameters.items():

@@ -65,6 +65,13 @@ def _int64_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
+def _numpy_int64(values: pa.ChunkedArray) -> np.ndarray:
+    """Int64 Arrow values (no nulls) as numpy, without pyarrow's pandas-importing to_numpy."""
+    parts = [np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:][:len(chunk)]
+             for chunk in values.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def validate_identifier(kind: str, value: str) -> str:
     """Check a dataset or table id against BigQuery's rules; return it."""
     if not _IDENTIFIER.fullmatch(value or ""):
@@ -79,12 +86,12 @@ def validate_identifier(kind: str, value: str) -> str:
 def parse_table_name(name: str) -> tuple[str, str]:
     """Split and check `dataset.table`."""
     dataset, dot, table = (name or "").partition(".")
-    if not dot or not _IDENTIFIER.fullmatch(dataset) or not _IDENTIFIER.fullmatch(table):
+    if (not dot or not _IDENTIFIER.fullmatch(dataset) or not _IDENTIFIER.fullmatch(table)
+            or dataset.lower() == CACHE_DATASET):
         raise WarehouseError(
             f"invalid table name {name!r}: use dataset.table, each 1-1024 letters, digits "
             "or underscores"
         )
-    validate_identifier("dataset", dataset)
     return dataset, table
 
 
@@ -134,6 +141,7 @@ class Warehouse:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else warehouse_path()
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._fingerprints: dict[str, tuple[str, np.ndarray]] = {}
         self._lock: Any = None
 
     def __enter__(self) -> Warehouse:
@@ -144,6 +152,10 @@ class Warehouse:
             self._con = duckdb.connect(str(self.path))
             self._con.create_function(
                 "farm_fingerprint", _farm_fingerprint_udf, ["VARCHAR"], "BIGINT", type="arrow"
+            )
+            self._con.create_function(
+                "_covertype_cached_fingerprint", self._cached_fingerprint_udf,
+                ["VARCHAR", "BIGINT"], "BIGINT", type="arrow",
             )
         except duckdb.Error as error:
             self._lock.close()
@@ -352,15 +364,15 @@ class Warehouse:
         integers = [n for n in schema.COLUMNS if schema.BIGQUERY_TYPES[n] == "INTEGER"]
         bad = {n: f"NOT regexp_full_match({_quote(n)}, '[-+]?[0-9]{{1,18}}')" for n in integers}
         firsts = ", ".join(f"min(rowid) FILTER (WHERE {test})" for test in bad.values())
-        rows = self._sql(f"SELECT {firsts} FROM _covertype_load")[0]
+        # rowids of rows written in an open transaction start at a large offset: subtract it
+        base, *rows = self._sql(f"SELECT min(rowid), {firsts} FROM _covertype_load")[0]
         failures = [(r, n) for r, n in zip(rows, integers, strict=True) if r is not None]
         if failures:
             row, name = min(failures)
             value = self._sql(f"SELECT {_quote(name)} FROM _covertype_load WHERE rowid = ?",
                               [row])[0][0]
-            raise WarehouseError(
-                f"{csv_path}: row {row + 1} column {name!r} has {value!r}; expected an INTEGER"
-            )
+            raise WarehouseError(f"{csv_path}: row {row - base + 1} column {name!r} has "
+                                 f"{value!r}; expected an INTEGER")
         casts = ", ".join(
             f"CAST({_quote(n)} AS {_DUCKDB_TYPES[schema.BIGQUERY_TYPES[n]]}) AS {_quote(n)}"
             for n in schema.COLUMNS
@@ -374,6 +386,7 @@ class Warehouse:
 
         The cache holds one fingerprint per rowid and is rebuilt whenever the table's
         signature (row count, checksum of rowids and values, column names and types) changes.
+        A UDF reads it, not a join: joins would lose the table's row order.
         """
         args = node.expressions
         if len(args) != 1 or not isinstance(args[0], exp.JSONFormat):
@@ -401,45 +414,63 @@ class Warehouse:
         names = {c[2].lower() for c in columns}
         if not columns or alias.lower() in names or "rowid" in names:
             return
-        dataset, table = columns[0][0], columns[0][1]
-        cache = self._fingerprint_cache(dataset, table, columns, json_format.sql("duckdb"), alias)
-        lookup = f"(SELECT fp FROM {cache} AS _fp WHERE _fp.row_id = {_quote(alias)}.rowid)"
-        node.replace(sqlglot.parse_one(lookup, read="duckdb"))
+        key = f"{columns[0][0]}.{columns[0][1]}"
+        if not self._load_fingerprints(key, columns, json_format.sql(dialect="duckdb"), alias):
+            return
+        node.replace(exp.func(
+            "_covertype_cached_fingerprint", exp.Literal.string(key),
+            exp.column("rowid", table=alias, quoted=True),
+        ))
 
-    def _fingerprint_cache(
-        self, dataset: str, table: str, columns: list[tuple], json_sql: str, alias: str
-    ) -> str:
-        source = f"{_quote(dataset)}.{_quote(table)}"
-        cache_name = f"{dataset}.{table}"
-        cache = f"{_quote(CACHE_DATASET)}.{_quote(cache_name)}"
-        count, checksum = self._sql(
-            f"SELECT count(*), sum(hash(rowid, *COLUMNS(*))) FROM {source}"
+    def _load_fingerprints(self, key: str, columns: list[tuple], json_sql: str, alias: str) -> bool:
+        """Fill self._fingerprints[key] (fingerprint by rowid) from the cache, or compute it."""
+        source = f"{_quote(columns[0][0])}.{_quote(columns[0][1])}"
+        cache = f"{_quote(CACHE_DATASET)}.{_quote(key)}"
+        count, checksum, last = self._sql(
+            f"SELECT count(*), sum(hash(rowid, *COLUMNS(*))), max(rowid) FROM {source}"
         )[0]
+        if last is not None and last > 2 * count + 2048:
+            return False  # sparse rowids (rows written in this transaction): use the plain UDF
         layout = ",".join(f"{c[2]}:{c[3]}" for c in columns)
         signature = f"duckdb {duckdb.__version__}|{layout}|{count}|{checksum}"
+        if self._fingerprints.get(key, ("",))[0] == signature:
+            return True
         stored = self._sql(
             "SELECT comment FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
-            [CACHE_DATASET, cache_name],
+            [CACHE_DATASET, key],
         )
-        if stored != [(signature,)]:
+        if stored == [(signature,)]:
+            rows = self._execute(f"SELECT row_id, fp FROM {cache}").fetchnumpy()
+            row_ids, fingerprints = rows["row_id"], rows["fp"]
+        else:
             try:
                 rows = self.con.sql(
                     f"SELECT rowid AS row_id, {json_sql} AS json FROM {source} AS {_quote(alias)}"
                 ).to_arrow_table()
             except duckdb.Error as error:
                 raise WarehouseError(f"query failed: {_first_line(error)}") from None
-            fingerprints = pa.Table.from_arrays(
-                [rows["row_id"], _int64_array(fingerprint64(rows["json"].to_pylist()))],
-                names=["row_id", "fp"],
+            row_ids = _numpy_int64(rows["row_id"])
+            fingerprints = fingerprint64(rows["json"].to_pylist())
+            table = pa.Table.from_arrays(
+                [_int64_array(row_ids), _int64_array(fingerprints)], names=["row_id", "fp"]
             )
-            self.con.register("_covertype_fingerprints", fingerprints)
+            self.con.register("_covertype_fingerprints", table)
             try:
                 self._sql(f"CREATE SCHEMA IF NOT EXISTS {_quote(CACHE_DATASET)}")
                 self._sql(f"CREATE OR REPLACE TABLE {cache} AS FROM _covertype_fingerprints")
                 self._sql(f"COMMENT ON TABLE {cache} IS {_literal(signature)}")
             finally:
                 self.con.unregister("_covertype_fingerprints")
-        return cache
+        by_row_id = np.zeros(int(row_ids.max()) + 1 if len(row_ids) else 0, dtype=np.int64)
+        by_row_id[row_ids] = fingerprints
+        self._fingerprints[key] = (signature, by_row_id)
+        return True
+
+    def _cached_fingerprint_udf(self, keys: pa.ChunkedArray, row_ids: pa.ChunkedArray) -> pa.Array:
+        """DuckDB UDF: a base table's row fingerprints by rowid (keeps the scan's row order)."""
+        if not len(row_ids):
+            return _int64_array(np.zeros(0, dtype=np.int64))
+        return _int64_array(self._fingerprints[keys[0].as_py()][1][_numpy_int64(row_ids)])
 
 
 def _dispositions(job_config: Mapping[str, Any] | None) -> tuple[str, str]:

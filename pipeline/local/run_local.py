@@ -14,6 +14,7 @@ from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import LOCAL_PROJECT_ID, local_home, storage_root
 from pipeline.local.records import RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
+from pipeline.local.storage import configure_storage_emulator
 from pipeline.local.workflow import Workflow
 from pipeline.settings import Settings
 
@@ -46,6 +47,7 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
 
     Bad parameters or a bad package fail before anything is written.
     """
+    configure_storage_emulator()
     home = local_home()
     store = RunStore()
     run_id = new_run_id()

@@ -6,6 +6,7 @@ and the run browser.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.local import records
 from pipeline.local.records import RunRecord
@@ -14,11 +15,20 @@ BEST_RUN_STEP, EVALUATE_STEP, DEPLOY_STEP = "retrieve-best-run", "evaluate-model
 
 
 def step_output(record: RunRecord, step: str, name: str) -> str | None:
-    """Output `name` of a step (KFP prefixes output parameters with the task name)."""
-    outputs = record.steps[step].outputs if step in record.steps else {}
-    for key, value in outputs.items():
+    """Output `name` of a step: a passed parameter, else its artifact file.
+
+    KFP prefixes outputs with the task name and passes only the consumed ones as parameters;
+    the others exist as artifacts.
+    """
+    if step not in record.steps:
+        return None
+    found = record.steps[step]
+    for key, value in found.outputs.items():
         if key == name or key.endswith(f"-{name}"):
             return value
+    path = found.artifacts.get(f"{step}-{name}")
+    if path and Path(path).is_file():
+        return Path(path).read_text()
     return None
 
 

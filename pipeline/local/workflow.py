@@ -74,11 +74,30 @@ class Workflow:
         return template["dag"]["tasks"]
 
     def walk_tasks(self, template_name: str | None = None, parent: str = ""):
-        """Yield (task, parent DAG task name) for every task, depth first."""
-        for task in self.dag_tasks(template_name or self.entrypoint):
+        """Yield (task, parent DAG task name) for every task in dependency order.
+
+        A sub-DAG's tasks follow their parent task.
+        """
+        for task in _topological(self.dag_tasks(template_name or self.entrypoint)):
             yield task, parent
             if "dag" in self.templates[task["template"]]:
                 yield from self.walk_tasks(task["template"], task["name"])
+
+
+def _topological(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tasks ordered so each follows its dependencies (ties keep the compiled order)."""
+    ordered: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    remaining = list(tasks)
+    while remaining:
+        ready = [task for task in remaining
+                 if all(dep in placed for dep in task.get("dependencies", []))]
+        if not ready:
+            raise WorkflowError(f"dependency cycle among {[task['name'] for task in remaining]}")
+        ordered.extend(ready)
+        placed.update(task["name"] for task in ready)
+        remaining = [task for task in remaining if task["name"] not in placed]
+    return ordered
 
 
 def substitute(text: str, scope: Mapping[str, str]) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -178,8 +179,9 @@ def _cancel_on_termination(ml: Any, name: str) -> Iterator[None]:
     except (KeyboardInterrupt, SystemExit):
         print(f"interrupted: cancelling {name}", flush=True)
         try:
-            ml.projects().jobs().cancel(name=name, body={}).execute()
-        except Exception as error:  # best effort, like the 0.2.5 cancel_job
+            print("DEBUG result", ml.projects().jobs().cancel(name=name, body={}).execute(), flush=True)
+        except BaseException as error:
+            import traceback; traceback.print_exc(file=sys.stdout)  # best effort, like the 0.2.5 cancel_job
             print(f"could not cancel {name}: {error}", flush=True)
         raise
     finally:

@@ -21,6 +21,7 @@ def _discovery_document() -> dict:
 
 def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
+    from pipeline.local import browser
     from pipeline.local.emulator import jobs, models
 
     app = FastAPI(title="Covertype local AI Platform (ml v1 subset)")
@@ -48,4 +49,5 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(browser.router)
     return app

@@ -1,0 +1,154 @@
+"""The tuning job on the run page: a chart of the objective per trial and the trials table.
+
+Reads an ml v1 Job (`trainingInput.hyperparameters`, `trainingOutput.trials[]`); trials are
+shown by id, since the service's order (best first) is not a documented promise.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from html import escape
+from typing import Any
+
+from pipeline.local.browser.graph import duration_text
+
+BEST_BAR, OTHER_BAR, FAILED_MARK = "#1a73e8", "#aecbfa", "#9aa0a6"
+CHART_W, CHART_H, PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 560, 210, 58, 12, 26, 34
+
+
+def objective(trial: dict) -> float | None:
+    """The trial's finite `finalMetric.objectiveValue`, if it reported one."""
+    value = (trial.get("finalMetric") or {}).get("objectiveValue")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def best_trial(trials: list[dict], minimize: bool) -> dict | None:
+    """The succeeded trial with the best objective for the job's goal."""
+    usable = [t for t in trials if t.get("state", "SUCCEEDED") == "SUCCEEDED"
+              and objective(t) is not None]
+    if not usable:
+        return None
+    return (min if minimize else max)(usable, key=objective)
+
+
+def tuning_section(job: dict | None, note: str) -> str:
+    """Heading, goal and best trial, the chart, the table (or why there is nothing)."""
+    title = "<h2>Hyperparameter tuning</h2>"
+    if job is None:
+        return f'{title}<p class="empty" id="no-trials">{escape(note)}</p>'
+    spec = (job.get("trainingInput") or {}).get("hyperparameters") or {}
+    goal = str(spec.get("goal") or "MAXIMIZE")
+    minimize = goal == "MINIMIZE"
+    tag = str(spec.get("hyperparameterMetricTag") or "training/hptuning/metric")
+    trials = sorted((job.get("trainingOutput") or {}).get("trials") or [], key=_trial_order)
+    best = best_trial(trials, minimize)
+    best_text = (f" \u00b7 best trial {escape(str(best.get('trialId')))}: "
+                 f"<b>{objective(best):.4f}</b>" if best else "")
+    caption = (f'<p class="meta" id="tuning-goal">Job <code>{escape(str(job.get("jobId")))}'
+               f"</code> {escape(str(job.get('state', '')))} \u00b7 goal <b>{escape(goal)}</b> "
+               f"{escape(tag)} ({'lower' if minimize else 'higher'} is better) \u00b7 "
+               f"{len(trials)} trials{best_text}</p>")
+    if job.get("errorMessage"):
+        caption += f'<div class="message">{escape(str(job["errorMessage"]))}</div>'
+    if not trials:
+        return f'{title}{caption}<p class="empty" id="no-trials">No trials yet.</p>'
+    return title + caption + chart(trials, best, tag, goal) + _table(trials, best)
+
+
+def chart(trials: list[dict], best: dict | None, tag: str, goal: str) -> str:
+    """Bars of the objective per trial on a zoomed axis; the best bar highlighted."""
+    values = [v for t in trials if (v := objective(t)) is not None]
+    if not values:
+        return '<p class="empty">No trial has reported the metric yet.</p>'
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.25 or max(abs(high) * 0.02, 0.01)
+    low, high = (max(low - pad, 0.0) if low >= 0 else low - pad), high + pad
+    decimals = max(2, min(6, 1 - math.floor(math.log10(high - low))))
+    plot_w, plot_h = CHART_W - PAD_LEFT - PAD_RIGHT, CHART_H - PAD_TOP - PAD_BOTTOM
+    base = PAD_TOP + plot_h
+
+    def y(value: float) -> float:
+        return PAD_TOP + plot_h * (high - value) / (high - low)
+
+    parts = [f'<svg class="chart" id="trial-chart" xmlns="http://www.w3.org/2000/svg" '
+             f'width="{CHART_W}" height="{CHART_H}" viewBox="0 0 {CHART_W} {CHART_H}" '
+             f'role="img" aria-label="{escape(tag)} per trial">',
+             f'<text x="{PAD_LEFT}" y="14">{escape(tag)} per trial ({escape(goal)})</text>']
+    for index in range(4):
+        value = low + (high - low) * index / 3
+        parts.append(f'<line class="gridline" x1="{PAD_LEFT}" x2="{CHART_W - PAD_RIGHT}" '
+                     f'y1="{y(value):.1f}" y2="{y(value):.1f}"/><text x="{PAD_LEFT - 6}" '
+                     f'y="{y(value) + 4:.1f}" text-anchor="end">{value:.{decimals}f}</text>')
+    slot = plot_w / len(trials)
+    bar = min(46.0, slot * 0.62)
+    for index, trial in enumerate(trials):
+        centre = PAD_LEFT + slot * (index + 0.5)
+        trial_id = escape(str(trial.get("trialId", index + 1)))
+        value = objective(trial)
+        if value is None:
+            parts.append(f'<text x="{centre:.1f}" y="{base - 6:.1f}" text-anchor="middle" '
+                         f'fill="{FAILED_MARK}" class="no-metric">\u00d7 '
+                         f"{escape(str(trial.get('state', '')).lower())}</text>")
+        else:
+            is_best = trial is best
+            fill = BEST_BAR if is_best else OTHER_BAR
+            parts.append(f'<rect class="bar{" best" if is_best else ""}" id="bar-{trial_id}" '
+                         f'x="{centre - bar / 2:.1f}" y="{y(value):.1f}" width="{bar:.1f}" '
+                         f'height="{base - y(value):.1f}" fill="{fill}">'
+                         f"<title>trial {trial_id}: {value:.6g}</title></rect>"
+                         f'<text x="{centre:.1f}" y="{y(value) - 4:.1f}" text-anchor="middle">'
+                         f"{value:.{decimals}f}{' best' if is_best else ''}</text>")
+        parts.append(f'<text x="{centre:.1f}" y="{base + 15:.1f}" text-anchor="middle">'
+                     f"{trial_id}</text>")
+    parts.append(f'<line class="axis" x1="{PAD_LEFT}" x2="{CHART_W - PAD_RIGHT}" y1="{base}" '
+                 f'y2="{base}"/><text x="{PAD_LEFT + plot_w / 2:.1f}" y="{CHART_H - 3}" '
+                 'text-anchor="middle">trial</text></svg>')
+    return "".join(parts)
+
+
+def _table(trials: list[dict], best: dict | None) -> str:
+    names = sorted({name for t in trials for name in (t.get("hyperparameters") or {})})
+    head = "".join(f'<th class="num">{escape(name)}</th>' for name in names)
+    rows = []
+    for trial in trials:
+        hyper = trial.get("hyperparameters") or {}
+        value = objective(trial)
+        cells = "".join(f'<td class="num">{escape(_short(hyper.get(name, "")))}</td>'
+                        for name in names)
+        best_class = ' class="best"' if trial is best else ""
+        rows.append(f'<tr id="trial-{escape(str(trial.get("trialId")))}"{best_class}>'
+                    f'<td>{escape(str(trial.get("trialId", "")))}</td>{cells}'
+                    f'<td class="num">{"" if value is None else f"{value:.4f}"}</td>'
+                    f'<td>{escape(str(trial.get("state", "")))}</td>'
+                    f'<td class="num">{_duration(trial)}</td></tr>')
+    return (f'<table id="trials"><thead><tr><th>Trial</th>{head}<th class="num">Objective</th>'
+            f'<th>State</th><th class="num">Duration</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _trial_order(trial: dict) -> tuple:
+    trial_id = str(trial.get("trialId", ""))
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+
+
+def _short(value: Any) -> str:
+    """A hyperparameter as text, long floats cut to 6 significant digits."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() or len(text) <= 8 else f"{number:.6g}"
+
+
+def _duration(trial: dict) -> str:
+    try:
+        start, end = (datetime.fromisoformat(str(trial[key]).replace("Z", "+00:00"))
+                      for key in ("startTime", "endTime"))
+    except (KeyError, ValueError):
+        return ""
+    return duration_text((end - start).total_seconds())

@@ -1,0 +1,382 @@
+"""The local BigQuery: translation, FARM_FINGERPRINT, TO_JSON_STRING, loads, query jobs, CLI."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import farmhash
+import pytest
+
+from pipeline import schema
+from pipeline.local.actions.query import query as query_action
+from pipeline.local.bigquery import Warehouse, WarehouseError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "covertype.csv.gz"
+SOURCE = "covertype_dataset.covertype"
+SAMPLE_ROWS = 20_000
+FIRST_ROW_JSON = (
+    '{"Elevation":3422,"Aspect":184,"Slope":14,"Horizontal_Distance_To_Hydrology":466,'
+    '"Vertical_Distance_To_Hydrology":27,"Horizontal_Distance_To_Roadways":2711,'
+    '"Hillshade_9am":223,"Hillshade_Noon":249,"Hillshade_3pm":156,'
+    '"Horizontal_Distance_To_Fire_Points":1752,"Wilderness_Area":"Commanche",'
+    '"Soil_Type":"C7756","Cover_Type":0}'
+)
+FINGERPRINT_SQL = "FARM_FINGERPRINT(TO_JSON_STRING(cover))"
+
+
+def split_query(lots: tuple[int, ...], source: str = f"`{SOURCE}`") -> str:
+    """The pipeline's split query, word for word."""
+    return (
+        f"SELECT * FROM {source} AS cover WHERE "
+        f"MOD(ABS(FARM_FINGERPRINT(TO_JSON_STRING(cover))), 10) IN ({', '.join(map(str, lots))})"
+    )
+
+
+def signed(value: int) -> int:
+    return value - 2**64 if value >= 2**63 else value
+
+
+def snapshot(path: Path) -> list[tuple]:
+    """Every schema and table of the warehouse file with its row count and content checksum."""
+    if not path.exists():
+        return []
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() ORDER BY ALL"
+        ).fetchall()
+        state = con.execute("SELECT schema_name FROM duckdb_schemas() ORDER BY ALL").fetchall()
+        for dataset, table in tables:
+            state += con.execute(
+                f'SELECT ?, ?, count(*), sum(hash(*COLUMNS(*))) FROM "{dataset}"."{table}"',
+                [dataset, table],
+            ).fetchall()
+        return state
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 20,000 bundled rows (the bundled file is shuffled) as a plain CSV."""
+    path = tmp_path_factory.mktemp("data") / "sample.csv"
+    with gzip.open(DATA, "rt") as source, open(path, "w") as target:
+        for _ in range(SAMPLE_ROWS + 1):
+            target.write(source.readline())
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded_template(tmp_path_factory: pytest.TempPathFactory, sample_csv: Path) -> Path:
+    path = tmp_path_factory.mktemp("template") / "warehouse.duckdb"
+    with Warehouse(path) as warehouse:
+        assert warehouse.load_csv(SOURCE, str(sample_csv)) == SAMPLE_ROWS
+    return path
+
+
+@pytest.fixture
+def warehouse_file(home: Path, loaded_template: Path) -> Path:
+    """The default warehouse of a fresh COVERTYPE_HOME, holding the 20,000-row sample."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "warehouse.duckdb"
+    shutil.copy(loaded_template, path)
+    return path
+
+
+def test_farm_fingerprint_documented_examples(home: Path) -> None:
+    sql = """
+        WITH example AS (
+          SELECT 1 AS x, "foo" AS y, true AS z UNION ALL
+          SELECT 2 AS x, "apple" AS y, false AS z UNION ALL
+          SELECT 3 AS x, "" AS y, true AS z
+        )
+        SELECT *, FARM_FINGERPRINT(CONCAT(CAST(x AS STRING), y, CAST(z AS STRING)))
+          AS row_fingerprint
+        FROM example ORDER BY x"""
+    with Warehouse() as warehouse:
+        rows = warehouse.query(sql).column("row_fingerprint").to_pylist()
+    assert rows == [-1541654101129638711, 2794438866806483259, -4880158226897771312]
+
+
+def test_farm_fingerprint_is_signed_fingerprint64_and_keeps_nulls(home: Path) -> None:
+    values = ["", "a", "Covertype", "é", None]
+    sql = ("SELECT FARM_FINGERPRINT(s) AS fp FROM UNNEST(['', 'a', 'Covertype', 'é', NULL]) "
+           "AS s WITH OFFSET AS i ORDER BY i")
+    with Warehouse() as warehouse:
+        got = warehouse.query(sql).column("fp").to_pylist()
+    assert got == [signed(farmhash.fingerprint64(v)) if v is not None else None for v in values]
+
+
+def test_to_json_string_of_a_row_is_bigquery_text(warehouse_file: Path) -> None:
+    sql = f"SELECT TO_JSON_STRING(cover) AS j, {FINGERPRINT_SQL} AS fp FROM `{SOURCE}` AS cover"
+    with Warehouse() as warehouse:
+        first = warehouse.query(sql + " LIMIT 1").to_pylist()[0]
+    assert first["j"] == FIRST_ROW_JSON
+    assert first["fp"] == signed(farmhash.fingerprint64(FIRST_ROW_JSON))
+
+
+def test_load_sample_casts_to_the_lab_schema(warehouse_file: Path) -> None:
+    con = duckdb.connect(str(warehouse_file), read_only=True)
+    columns = con.execute(f"DESCRIBE {SOURCE}").fetchall()
+    con.close()
+    expected = {"INTEGER": "BIGINT", "STRING": "VARCHAR"}
+    assert [(c[0], c[1]) for c in columns] == [
+        (name, expected[schema.BIGQUERY_TYPES[name]]) for name in schema.COLUMNS
+    ]
+    names = [f"`{SOURCE}`", SOURCE, f"`local.{SOURCE}`", f"`my-project`.{SOURCE}"]
+    with Warehouse() as warehouse:
+        counts = [warehouse.query(f"SELECT COUNT(*) AS n FROM {n}")["n"][0].as_py() for n in names]
+    assert counts == [SAMPLE_ROWS] * 4
+
+
+def test_all_rows_split_disjoint_stable_and_sized(home: Path) -> None:
+    with Warehouse() as warehouse:
+        total = warehouse.load_csv(SOURCE, str(DATA))
+    runs = []
+    for _ in range(2):  # the first run builds the fingerprint cache, the second reads it
+        splits = {}
+        for split, lots in schema.SPLIT_LOTS.items():
+            with Warehouse() as warehouse:  # one open per query, as in the pipeline's steps
+                splits[split] = warehouse.query(split_query(lots))
+        runs.append(splits)
+    with Warehouse() as warehouse:  # a CTE source skips the cache: the plain vectorised UDF
+        uncached = warehouse.query(split_query((8,), f"(SELECT * FROM `{SOURCE}`)"))
+    assert total == 426_599
+    first, second = runs
+    assert all(first[split].equals(second[split]) for split in first)
+    assert uncached.equals(first["validation"])
+    sizes = {split: table.num_rows for split, table in first.items()}
+    assert abs(sizes["training"] / total - 0.4) < 0.01
+    assert abs(sizes["validation"] / total - 0.1) < 0.005
+    assert abs(sizes["testing"] / total - 0.1) < 0.005
+    con = duckdb.connect()
+    for name, table in first.items():
+        con.register(name, table)
+    for a, b in [("training", "validation"), ("training", "testing"), ("validation", "testing")]:
+        sql = f"SELECT count(*) FROM (FROM {a} INTERSECT ALL FROM {b})"
+        assert con.execute(sql).fetchone() == (0,)
+
+
+def test_fingerprint_cache_follows_table_changes(warehouse_file: Path) -> None:
+    cached = f"SELECT {FINGERPRINT_SQL} AS fp FROM `{SOURCE}` AS cover"
+    uncached = f"SELECT {FINGERPRINT_SQL} AS fp FROM (SELECT * FROM `{SOURCE}`) AS cover"
+    changes = [
+        f"UPDATE `{SOURCE}` SET Elevation = Elevation + 1 WHERE Aspect = 184 AND Slope = 14",
+        f"DELETE FROM `{SOURCE}` WHERE Cover_Type = 3",
+        f"ALTER TABLE `{SOURCE}` RENAME COLUMN Slope TO Gradient",
+    ]
+    with Warehouse() as warehouse:
+        before = warehouse.query(cached)
+        assert before.equals(warehouse.query(uncached))
+        for change in changes:
+            warehouse.query(change)
+            after = warehouse.query(cached)
+            assert after.equals(warehouse.query(uncached)), change
+            assert not after.equals(before), change
+            before = after
+
+
+def test_create_dataset_ddl_like_the_pipeline(home: Path) -> None:
+    ddl = 'CREATE SCHEMA IF NOT EXISTS `local.splits` OPTIONS(location="US")'
+    with Warehouse() as warehouse:
+        for _ in range(2):
+            assert warehouse.run_query_job(ddl, "local")["output_gcs_path"] == ""
+    assert query_action(ddl, "local") == {"output_gcs_path": ""}
+    assert ("splits",) in snapshot(home / "warehouse.duckdb")
+
+
+def test_run_query_job_writes_table_and_csv(warehouse_file: Path, tmp_path: Path) -> None:
+    output = tmp_path / "gcs" / "datasets" / "training" / "data.csv"
+    with Warehouse() as warehouse:
+        for _ in range(2):  # WRITE_TRUNCATE: a rerun replaces, never appends
+            result = warehouse.run_query_job(
+                split_query((1, 2, 3, 4)), "local", dataset_id="splits",
+                output_gcs_path=str(output), job_id="abc",
+            )
+        tmp_only = warehouse.run_query_job(
+            split_query((9,)), "local", output_gcs_path=str(tmp_path / "t.csv"), job_id="t1"
+        )
+        table = warehouse.query("SELECT COUNT(*) AS n FROM splits.query_abc")["n"][0].as_py()
+    frame = schema.read_dataset(str(output))
+    assert result == {"output_gcs_path": str(output), "table": "splits.query_abc",
+                      "rows": table, "job_id": "abc"}
+    assert len(frame) == table and 0.38 < table / SAMPLE_ROWS < 0.42
+    assert output.read_text().splitlines()[0] == ",".join(schema.COLUMNS)
+    assert os.listdir(output.parent) == ["data.csv"]
+    assert tmp_only["table"] == "kfp_tmp_dataset.query_t1"
+    assert len(schema.read_dataset(str(tmp_path / "t.csv"))) == tmp_only["rows"]
+
+
+def test_query_action_retry_reuses_its_table(
+    warehouse_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KFP_POD_NAME", "covertype-classifier-training-x7k2q-1234")
+    output = str(tmp_path / "validation" / "data.csv")
+    for _ in range(2):
+        outputs = query_action(split_query((8,)), "local", "splits", "", output, "US", "")
+    assert outputs == {"output_gcs_path": output}
+    with Warehouse() as warehouse:
+        tables = warehouse.query(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'splits'"
+        ).column(0).to_pylist()
+    assert len(tables) == 1 and tables[0].startswith("query_")
+
+
+def test_parallel_jobs_from_three_processes(warehouse_file: Path, tmp_path: Path) -> None:
+    code = ("import sys; from pipeline.local.actions.query import query; "
+            "print(query(sys.argv[1], 'local', 'splits', '', sys.argv[2]))")
+    processes = []
+    for split, lots in schema.SPLIT_LOTS.items():
+        env = {**os.environ, "KFP_POD_NAME": f"run-{split}"}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", code, split_query(lots), str(tmp_path / f"{split}.csv")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    results = [process.communicate(timeout=60) + (process.returncode,) for process in processes]
+    assert [r[2] for r in results] == [0, 0, 0], [r[1] for r in results]
+    rows = sum(len(schema.read_dataset(str(tmp_path / f"{s}.csv"))) for s in schema.SPLIT_LOTS)
+    assert 0.58 < rows / SAMPLE_ROWS < 0.62
+
+
+def test_cli_load_and_query(home: Path, sample_csv: Path) -> None:
+    covertype = Path(sys.executable).with_name("covertype")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(covertype), "bq", *args], capture_output=True, text=True)
+
+    load = run("load", SOURCE, str(sample_csv))
+    query = run("query", f'SELECT Elevation, Soil_Type, "a,b" AS s, true AS t FROM `{SOURCE}` '
+                         "LIMIT 2")
+    missing = run("query", "SELECT * FROM `nope.covertype`")
+    assert load.returncode == 0 and load.stdout == f"{SAMPLE_ROWS} rows loaded into {SOURCE}\n"
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.splitlines() == [
+        "Elevation,Soil_Type,s,t", '3422,C7756,"a,b",true', '3304,C8772,"a,b",true'
+    ]
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr == ("covertype: error: table nope.covertype not found; load it with "
+                              "`covertype bq load nope.covertype <csv>`\n")
+
+
+def _bad_csv(folder: Path, sample_csv: Path, kind: str) -> Path:
+    lines = sample_csv.read_text().splitlines()[:6]
+    if kind == "wrong type":
+        lines[3] = "abc" + lines[3][lines[3].index(","):]
+    elif kind == "fraction":
+        lines[2] = lines[2].replace(",", ".5,", 1)
+    elif kind == "missing column":
+        lines = [line.rsplit(",", 1)[0] for line in lines]
+    elif kind == "ragged":
+        lines[4] = lines[4].rsplit(",", 1)[0]
+    elif kind == "empty":
+        lines = []
+    path = folder / f"{kind.replace(' ', '_')}.csv"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+LOAD_ERRORS = [
+    ("wrong type", "row 3 column 'Elevation' has 'abc'; expected an INTEGER"),
+    ("fraction", "row 2 column 'Elevation' has '3304.5'; expected an INTEGER"),
+    ("missing column", "column 'Cover_Type' is missing; expected Elevation, "),
+    ("ragged", "not a well-formed CSV ("),
+    ("empty", "the file is empty"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), LOAD_ERRORS)
+def test_bad_csv_is_one_line_error_and_changes_nothing(
+    warehouse_file: Path, sample_csv: Path, tmp_path: Path, kind: str, message: str
+) -> None:
+    path = _bad_csv(tmp_path, sample_csv, kind)
+    before = snapshot(warehouse_file)
+    for table in (SOURCE, "new_dataset.covertype"):
+        with Warehouse() as warehouse, pytest.raises(WarehouseError) as error:
+            warehouse.load_csv(table, str(path))
+        assert message in str(error.value) and "\n" not in str(error.value)
+    assert snapshot(warehouse_file) == before
+
+
+BAD_NAMES = ["cov'er.t", 'a".t', "a;b.t", "a..t", "a/b.t", "a b.t", "nodot", "a.b.c",
+             "_covertype_cache.t", ""]
+BAD_IDS = [
+    (field, value)
+    for field in ("dataset_id", "table_id")
+    for value in ("spl'its", 'a"b', "a;b", "a..b", "a/b", "a b", "a.b", "-")
+] + [("dataset_id", "_covertype_cache")]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_load_rejects_bad_table_names(warehouse_file: Path, sample_csv: Path, name: str) -> None:
+    before = snapshot(warehouse_file)
+    with Warehouse() as warehouse, pytest.raises(WarehouseError, match="invalid table name"):
+        warehouse.load_csv(name, str(sample_csv))
+    assert snapshot(warehouse_file) == before
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_IDS)
+def test_query_job_rejects_bad_ids(
+    warehouse_file: Path, tmp_path: Path, field: str, value: str
+) -> None:
+    before = snapshot(warehouse_file)
+    args = {"dataset_id": "splits", "table_id": "t", field: value}
+    with pytest.raises(ValueError, match=f"invalid {field} ") as error:
+        query_action(split_query((9,)), "local", output_gcs_path=str(tmp_path / "o.csv"), **args)
+    assert repr(value) in str(error.value)
+    assert snapshot(warehouse_file) == before and not (tmp_path / "o.csv").exists()
+
+
+JOB_ERRORS = [
+    (split_query((9,), "`covertype_dataset.nope`"), {},
+     "table covertype_dataset.nope not found; load it with "
+     "`covertype bq load covertype_dataset.nope <csv>`"),
+    ("SELECT * FROM `covertype_dataset.covertype` WHERE", {}, "invalid BigQuery SQL: "),
+    ("SELECT nope FROM `covertype_dataset.covertype`", {}, "query failed: Binder Error"),
+    ("SELECT 1; SELECT 2", {}, "expected one SQL statement, got 2"),
+    ("CREATE SCHEMA `local.other`", {}, "only a SELECT query can write a destination table"),
+    (split_query((9,)), {"job_config": "{nope"}, "job_config is not valid JSON"),
+    (split_query((9,)), {"job_config": '{"query": {"destinationTable": {}}}'},
+     "job_config: unsupported query keys ['destinationTable']"),
+    (split_query((9,)), {"job_config": '{"query": {"useLegacySql": true}}'},
+     "job_config: legacy SQL is not supported"),
+    (split_query((9,)), {"project_id": ""}, "invalid project_id ''"),
+]
+
+
+@pytest.mark.parametrize(("sql", "inputs", "message"), JOB_ERRORS)
+def test_query_job_errors_are_one_line_and_change_nothing(
+    warehouse_file: Path, tmp_path: Path, sql: str, inputs: dict, message: str
+) -> None:
+    output = tmp_path / "out" / "data.csv"
+    before = snapshot(warehouse_file)
+    args = {"project_id": "local", "dataset_id": "splits", "output_gcs_path": str(output)}
+    with pytest.raises(ValueError) as error:
+        query_action(sql, **{**args, **inputs})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert snapshot(warehouse_file) == before and not output.exists()
+
+
+def test_write_empty_job_config_refuses_a_full_table(warehouse_file: Path) -> None:
+    config = json.dumps({"query": {"writeDisposition": "WRITE_EMPTY"}})
+    query_action(split_query((9,)), "local", "splits", "t", "", "US", config)
+    before = snapshot(warehouse_file)
+    with pytest.raises(ValueError, match=r"table splits\.t is not empty \(WRITE_EMPTY\)"):
+        query_action(split_query((9,)), "local", "splits", "t", "", "US", config)
+    assert snapshot(warehouse_file) == before
+
+
+def test_unwritable_output_rolls_back_the_table_and_cache(
+    warehouse_file: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    before = snapshot(warehouse_file)
+    with pytest.raises(ValueError, match=r"^cannot write .*file/data\.csv: "):
+        query_action(split_query((9,)), "local", "splits", "", str(blocker / "data.csv"))
+    assert snapshot(warehouse_file) == before
