@@ -25,6 +25,15 @@ REPLACE_EXISTING_VERSION ?= True
 HYPERTUNE_SETTINGS ?=
 DATASET_LOCATION ?= US
 
+# Every pipeline parameter from its variable, shell-quoted; empty ones are not sent.
+RUN_PARAMETERS = $(foreach pair,project_id=PROJECT_ID gcs_root=GCS_STAGING_PATH region=REGION \
+  source_table_name=SOURCE_TABLE dataset_id=DATASET_ID evaluation_metric_name=EVALUATION_METRIC \
+  evaluation_metric_threshold=EVALUATION_METRIC_THRESHOLD model_id=MODEL_ID \
+  version_id=VERSION_ID replace_existing_version=REPLACE_EXISTING_VERSION \
+  hypertune_settings=HYPERTUNE_SETTINGS dataset_location=DATASET_LOCATION, \
+  $(foreach var,$(lastword $(subst =, ,$(pair))),$(if $($(var)), \
+  '$(firstword $(subst =, ,$(pair)))=$(subst ','\'',$($(var)))')))
+
 require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
 .PHONY: help setup compile images upload run run-local serve test lint bench clean
@@ -64,17 +73,11 @@ run:  ## submit a run of $(PIPELINE_NAME) with the parameters from the environme
 	$(call require,INVERSE_PROXY_HOSTNAME,set it to your KFP endpoint host (Settings of the KFP instance))
 	$(call require,PROJECT_ID,set PROJECT_ID to your GCP project)
 	$(call require,GCS_STAGING_PATH,set GCS_STAGING_PATH (or ARTIFACT_STORE) to a gs:// folder)
+	@$(BIN)/python -m pipeline.parameters $(RUN_PARAMETERS)
 	$(BIN)/kfp --endpoint '$(INVERSE_PROXY_HOSTNAME)' run submit \
 	  -e '$(subst ','\'',$(EXPERIMENT_NAME))' -r '$(subst ','\'',$(RUN_NAME))' \
 	  $(if $(PIPELINE_ID),-p '$(PIPELINE_ID)',-n '$(subst ','\'',$(PIPELINE_NAME))') \
-	  $(foreach pair,project_id=PROJECT_ID gcs_root=GCS_STAGING_PATH region=REGION \
-	    source_table_name=SOURCE_TABLE dataset_id=DATASET_ID \
-	    evaluation_metric_name=EVALUATION_METRIC \
-	    evaluation_metric_threshold=EVALUATION_METRIC_THRESHOLD model_id=MODEL_ID \
-	    version_id=VERSION_ID replace_existing_version=REPLACE_EXISTING_VERSION \
-	    hypertune_settings=HYPERTUNE_SETTINGS dataset_location=DATASET_LOCATION, \
-	    $(foreach var,$(lastword $(subst =, ,$(pair))),$(if $($(var)), \
-	    '$(firstword $(subst =, ,$(pair)))=$(subst ','\'',$($(var)))')))
+	  $(RUN_PARAMETERS)
 
 run-local: compile  ## run the compiled pipeline end to end on this machine (ROWS=all for all rows)
 	$(BIN)/covertype run --local --package $(PACKAGE) --rows $(ROWS) $(PARAMS)

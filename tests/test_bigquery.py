@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import schema
 from pipeline.local.actions.query import query as query_action
-from pipeline.local.bigquery import Warehouse, WarehouseError
+from pipeline.local.bigquery import CACHE_DATASET, Warehouse, WarehouseError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "covertype.csv.gz"
 SOURCE = "covertype_dataset.covertype"
@@ -161,6 +161,16 @@ def test_all_rows_split_disjoint_stable_and_sized(home: Path) -> None:
     for a, b in [("training", "validation"), ("training", "testing"), ("validation", "testing")]:
         sql = f"SELECT count(*) FROM (FROM {a} INTERSECT ALL FROM {b})"
         assert con.execute(sql).fetchone() == (0,)
+
+
+def test_split_queries_read_the_fingerprint_cache_built_by_the_load(warehouse_file: Path) -> None:
+    con = duckdb.connect(str(warehouse_file))
+    con.execute(f'UPDATE "{CACHE_DATASET}"."{SOURCE}" SET fp = 10')  # tamper: every row in lot 0
+    con.close()
+    with Warehouse() as warehouse:
+        assert warehouse.query(split_query((0,))).num_rows == SAMPLE_ROWS
+        warehouse.query(f"UPDATE `{SOURCE}` SET Slope = Slope + 1 WHERE Cover_Type = 3")
+        assert 0.08 < warehouse.query(split_query((0,))).num_rows / SAMPLE_ROWS < 0.12
 
 
 def test_fingerprint_cache_follows_table_changes(warehouse_file: Path) -> None:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 import zlib
 from dataclasses import asdict
-from html import unescape
 from pathlib import Path
 
 import httpx
@@ -43,15 +41,16 @@ TOPOLOGY = [
     ("condition-1", ["evaluate-model", "train-final-model"], ""),
     ("deploy-model", [], "condition-1"),
 ]
-SUCCEEDED_ID, FAILED_ID, SKIPPED_ID, RUNNING_ID = (
+SUCCEEDED_ID, FAILED_ID, SKIPPED_ID, RUNNING_ID, BARE_ID, CORRUPT_ID = (
     "20261126-070000-aaaaaa", "20261126-080000-bbbbbb", "20261126-090000-cccccc",
-    "20261126-100000-dddddd")
+    "20261126-100000-dddddd", "20261125-000000-eeeeee", "20261125-000000-ffffff")
 VERSION = "projects/local/models/covertype_classifier/versions/v01"
 SCRIPT = "<script>alert('x')</script>"
 OBJECTIVES = {"1": 0.7012, "2": 0.7134, "3": 0.6921, "4": 0.7088, "5": 0.7050}  # 6 fails
 PARAMETERS = {"project_id": "local", "gcs_root": "/tmp/gcs", "evaluation_metric_name": "accuracy",
               "evaluation_metric_threshold": "0.69", "model_id": "covertype_classifier",
-              "version_id": "v01", "hypertune_settings": '{"hyperparameters": {"goal": "MAXIMIZE"}}'}
+              "version_id": "v01",
+              "hypertune_settings": '{"hyperparameters": {"goal": "MAXIMIZE"}}'}
 
 
 def _matrix() -> np.ndarray:
@@ -118,19 +117,21 @@ def _evaluation(store: RunStore, record: RunRecord, value: float) -> None:
               json.dumps({"outputs": outputs}))
 
 
-def _job(home: Path, job_id: str) -> None:
-    """A finished tuning job as the local training service stores it."""
+def _job(home: Path, job_id: str, run_id: str, state: str = "SUCCEEDED",
+         last: str = "FAILED") -> None:
+    """A tuning job as the local training service stores it; trial 6 ends (or is) `last`."""
     job_trials = []
     for trial_id in ("1", "2", "3", "4", "5", "6"):
-        trial = {"trialId": trial_id, "state": "SUCCEEDED" if trial_id in OBJECTIVES else "FAILED",
+        trial = {"trialId": trial_id, "state": "SUCCEEDED" if trial_id in OBJECTIVES else last,
                  "hyperparameters": {"alpha": f"0.000{trial_id}12345678", "max_iter": "500"},
                  "startTime": "2026-11-26T07:02:00.000000Z",
                  "endTime": f"2026-11-26T07:02:{10 + int(trial_id):02d}.500000Z"}
         if trial_id in OBJECTIVES:
             trial["finalMetric"] = {"trainingStep": "0", "objectiveValue": OBJECTIVES[trial_id]}
         job_trials.append(trial)
-    job = {"jobId": job_id, "state": "SUCCEEDED", "createTime": "2026-11-26T07:01:59Z",
+    job = {"jobId": job_id, "state": state, "createTime": "2026-11-26T07:01:59Z",
            "trainingInput": {"masterConfig": {"imageUri": "covertype/trainer:latest"},
+                             "jobDir": f"/tmp/gcs/jobdir/hypertune/{run_id}",
                              "hyperparameters": {"goal": "MAXIMIZE", "maxTrials": 6,
                                                  "hyperparameterMetricTag": "accuracy"}},
            "trainingOutput": {"trials": job_trials, "completedTrialCount": "5",
@@ -157,7 +158,7 @@ def _write_runs(home: Path) -> None:
     _artifact(store, ok, "deploy-model", "deploy-model-version_name", VERSION)
     _logs(store, ok)
     store.save(ok)
-    _job(home, "tune_ok")
+    _job(home, "tune_ok", SUCCEEDED_ID)
 
     failed = RunRecord(FAILED_ID, "covertype-classifier-training", "p.yaml", dict(PARAMETERS),
                        status=records.FAILED, start="2026-11-26T08:00:00.000Z",
@@ -186,9 +187,17 @@ def _write_runs(home: Path) -> None:
     running = RunRecord(RUNNING_ID, "covertype-classifier-training", "p.yaml", dict(PARAMETERS),
                         start="2026-11-26T10:00:00.000Z",
                         steps=_step_status({"create-splits-dataset": records.SUCCEEDED,
-                                            "create-training-split": records.RUNNING},
+                                            "create-training-split": records.SUCCEEDED,
+                                            "create-validation-split": records.SUCCEEDED,
+                                            "create-testing-split": records.RUNNING,
+                                            "tune-hyperparameters": records.RUNNING},
                                            records.PENDING))
     store.save(running)
+    _job(home, "tune_live", RUNNING_ID, state="RUNNING", last="RUNNING")
+    # failed before any step ran, no parameters at all; and a run.json cut short
+    store.save(RunRecord(BARE_ID, "p", "p.yaml", {}, status=records.FAILED, message="no package"))
+    (store.folder(CORRUPT_ID)).mkdir()
+    (store.folder(CORRUPT_ID) / records.RUN_FILE).write_text('{"run_id": "20261125')
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +224,7 @@ def test_runs_list_newest_first_with_status_metric_and_deployment(server):
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
     ids = re.findall(r'<tr id="run-([^"]+)">', html)
-    assert ids == [RUNNING_ID, SKIPPED_ID, FAILED_ID, SUCCEEDED_ID]
+    assert ids == [RUNNING_ID, SKIPPED_ID, FAILED_ID, SUCCEEDED_ID, BARE_ID]  # not CORRUPT
     rows = dict(zip(ids, html.split('<tr id="run-')[1:], strict=True))
     assert 'status-succeeded">Succeeded' in rows[SUCCEEDED_ID]
     assert "accuracy 0.7134" in rows[SUCCEEDED_ID]
@@ -247,7 +256,7 @@ def test_succeeded_run_page_shows_graph_trials_evaluation_and_deployment(server)
     # trials: one row each, by id; the best (trial 2) highlighted in table and chart
     assert re.findall(r'<tr id="trial-(\d+)"', html) == ["1", "2", "3", "4", "5", "6"]
     assert '<tr id="trial-2" class="best">' in html
-    assert f'id="bar-2" x=' in html and 'class="bar best" id="bar-2"' in html
+    assert 'id="bar-2" x=' in html and 'class="bar best" id="bar-2"' in html
     assert f'fill="{trials.BEST_BAR}"' in html and html.count(f'fill="{trials.OTHER_BAR}"') == 4
     assert "goal <b>MAXIMIZE</b> accuracy (higher is better)" in html
     assert "best trial 2: <b>0.7134</b>" in html and "0.000212346" in html
@@ -283,7 +292,7 @@ def test_failed_run_page_escapes_messages_and_handles_missing_pieces(server):
     assert nodes["evaluate-model"] == nodes["deploy-model"] == "omitted"
     assert "<script>" not in html
     assert "trainer crashed: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
-    assert 'id="no-trials">No tuning job: tune-hyperparameters is failed.' in html
+    assert 'id="no-trials">No tuning job recorded (tune-hyperparameters: Failed).' in html
     assert 'id="not-evaluated">Not evaluated: the run failed before evaluation' in html
     assert 'id="confusion-matrix"' not in html and 'id="trial-chart"' not in html
 
@@ -299,12 +308,28 @@ def test_skipped_deploy_run_page_says_why_not_deployed(server):
     assert "Tuning job tune_gone: job projects/local/jobs/tune_gone not found" in html
 
 
+def test_bare_and_unreadable_records(server):
+    response = _get(server, f"/runs/{BARE_ID}")
+    assert response.status_code == 200
+    html = response.text
+    assert "No steps recorded." in html and "No parameters recorded." in html
+    assert "This run has no tune-hyperparameters step." in html
+    assert "Not evaluated: the run failed before evaluation: no package" in html
+    corrupt = _get(server, f"/runs/{CORRUPT_ID}")
+    assert corrupt.status_code == 500 and "is not a readable run record" in corrupt.text
+    assert _get(server, f"/runs/{CORRUPT_ID}.json").status_code == 500
+
+
 def test_running_run_page_refreshes_itself(server):
     html = _get(server, f"/runs/{RUNNING_ID}").text
     assert '<meta http-equiv="refresh" content="2">' in html
     nodes = _nodes(html)
-    assert nodes["create-training-split"] == "running" and nodes["deploy-model"] == "pending"
-    assert "Not yet" in html
+    assert nodes["tune-hyperparameters"] == "running" and nodes["deploy-model"] == "pending"
+    assert "Not yet" in html and 'id="not-evaluated">Not evaluated yet.' in html
+    # the step has no job_id output yet: its job is found by the run's job_dir
+    assert "Job <code>tune_live</code> RUNNING" in html
+    assert re.findall(r'<tr id="trial-(\d+)"', html) == ["1", "2", "3", "4", "5", "6"]
+    assert "\u00d7 running" in html  # trial 6 has no metric yet
 
 
 def test_step_logs_json_record_and_not_found(server):
@@ -325,7 +350,8 @@ def test_step_logs_json_record_and_not_found(server):
     assert missing.status_code == 404 and "no run" in missing.json()["error"]["message"]
     page = _get(server, "/runs/20990101-000000-ffffff")
     assert page.status_code == 404 and "Run not found" in page.text
-    assert _get(server, "/runs/..").status_code == 404
+    assert _get(server, "/runs/%2E%2E").status_code == 404  # no way out of the runs folder
+    assert _get(server, f"/runs/{FAILED_ID}/steps/%2E%2E/log").status_code == 404
     assert _get(server, "/runs/%3Cscript%3E").status_code == 404
     assert "<script>" not in _get(server, "/runs/%3Cscript%3E").text
 
@@ -403,15 +429,14 @@ def test_run_page_renders_in_headless_chromium(server, tmp_path, run_id):
                "--window-size=1280,2400", f"{server.url}/runs/{run_id}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and screenshot.is_file(), result.stderr[-2000:]
-    shutil.copyfile(screenshot, Path(f"/tmp/browser-{run_id}.png"))
     pixels = _png_pixels(screenshot)
     assert pixels.shape == (2400, 1280, 3)
     green, red = graph.STATUS_COLOURS[records.SUCCEEDED][0], graph.STATUS_COLOURS[records.FAILED][0]
     grey = graph.STATUS_COLOURS[records.OMITTED][0]
-    node = 2000  # pixels of one node's fill at the page's scale; legend swatches are < 200
+    node = 2000  # a node's fill is ~4,800 pixels at the page's scale; a legend swatch ~90
     if run_id == SUCCEEDED_ID:
         assert _count(pixels, green) > 8 * node
-        assert _count(pixels, red) < 200 and _count(pixels, grey) < 200
+        assert _count(pixels, red) < node // 4 and _count(pixels, grey) < node // 4
         assert _count(pixels, trials.BEST_BAR) > 1500  # the best trial's bar
         assert _count(pixels, trials.OTHER_BAR) > 4 * 400
         assert _count(pixels, "#54278f") > 4 * 800  # heat-6 cells on the diagonal
@@ -419,4 +444,4 @@ def test_run_page_renders_in_headless_chromium(server, tmp_path, run_id):
     else:
         assert _count(pixels, red) > node and _count(pixels, grey) > 4 * node
         assert _count(pixels, green) > 4 * node
-        assert _count(pixels, trials.BEST_BAR) == 0 and _count(pixels, "#54278f") < 200
+        assert _count(pixels, trials.BEST_BAR) == 0 and _count(pixels, "#54278f") < node // 4

@@ -166,7 +166,8 @@ def test_run_with_pipeline_id_reuses_the_experiment_and_sends_no_hypertune(
 
 def test_run_quotes_values_and_leaves_out_empty_ones(tmp_path, api, workflow):
     pipeline_id = api.add_pipeline("Covertype's pipeline", workflow)
-    settings = json.dumps({"hyperparameters": {"goal": "MAXIMIZE", "note": "it's a *test*"}})
+    settings = json.dumps({"hyperparameters": {"goal": "MAXIMIZE", "maxTrials": 2, "params": [
+        {"parameterName": "note", "type": "CATEGORICAL", "categoricalValues": ["it's a *test*"]}]}})
 
     result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, **CLOUD,
                   PIPELINE_NAME="Covertype's pipeline", EXPERIMENT_NAME="Covertype runs",
@@ -205,4 +206,17 @@ def test_cloud_targets_stop_without_their_settings(tmp_path, api, target, missin
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert re.fullmatch(rf"Makefile:\d+: \*\*\* {missing} is not set: .+\.  Stop\.", line)
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"EVALUATION_METRIC_THRESHOLD": "high"}, "evaluation_metric_threshold 'high' is not a number"),
+    ({"VERSION_ID": "v1;drop"}, "version_id 'v1;drop' is not an AI Platform name"),
+    ({"HYPERTUNE_SETTINGS": "{'goal': True}"}, "hypertune_settings is not JSON"),
+])
+def test_run_refuses_bad_parameters_before_sending(tmp_path, api, workflow, overrides, message):
+    api.add_pipeline("covertype_continuous_training", workflow)
+    result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, **CLOUD, **overrides)
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0].startswith(f"error: {message}")
     assert api.requests == []

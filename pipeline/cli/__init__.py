@@ -7,11 +7,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `covertype` console script."""
-    from pipeline.cli import bq, run
+    from pipeline.cli import bq, run, serve
 
     parser = argparse.ArgumentParser(prog="covertype", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (bq, run):
+    for module in (bq, run, serve):
         module.register(subparsers)
     args = parser.parse_args(argv)
     try:

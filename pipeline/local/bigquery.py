@@ -33,13 +33,15 @@ DEFAULT_DATASET = "kfp_tmp_dataset"
 # Hidden dataset (BigQuery hides names starting with "_") holding fingerprint caches.
 CACHE_DATASET = "_covertype_cache"
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,1024}")
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,1024}")
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,127}")
 _DUCKDB_TYPES = {"INTEGER": "BIGINT", "STRING": "VARCHAR"}
 _WRITE_DISPOSITIONS = ("WRITE_TRUNCATE", "WRITE_APPEND", "WRITE_EMPTY")
 _CREATE_DISPOSITIONS = ("CREATE_IF_NEEDED", "CREATE_NEVER")
 _JOB_CONFIG_KEYS = {"writeDisposition", "createDisposition", "useLegacySql", "priority"}
 _CSV_OPTIONS = "header=true, delim=',', quote='\"', escape='\"'"
+# TO_JSON_STRING(row) in DuckDB, as the fingerprint cache computes it (part of its signature).
+_ROW_ALIAS = "_covertype_row"
+_ROW_JSON = exp.JSONFormat(this=exp.column(_ROW_ALIAS)).sql(dialect="duckdb")
 
 
 class WarehouseError(ValueError):
@@ -187,6 +189,7 @@ class Warehouse:
 
         A CSV with Covertype columns must have exactly schema.COLUMNS and their types; it is
         stored in schema order so TO_JSON_STRING (and so the splits) match the lab's table.
+        The row fingerprints are computed now, so the first split query is as fast as later ones.
         """
         dataset, name = parse_table_name(table)
         with _local_copy(csv_path) as path, self._transaction():
@@ -194,6 +197,8 @@ class Warehouse:
                 rows = self._load(dataset, name, path, csv_path, replace)
             except WarehouseError as error:
                 raise _csv_error(csv_path, error) from None
+        with self._transaction():  # after the commit, which settles the rowids
+            self._load_fingerprints(self._columns(dataset, name))
         return rows
 
     def run_query_job(
@@ -216,8 +221,6 @@ class Warehouse:
         if not _PROJECT_ID.fullmatch(project_id or ""):
             raise WarehouseError(f"invalid project_id {project_id!r}: pass a GCP project id")
         job_id = job_id or uuid.uuid4().hex
-        if not _JOB_ID.fullmatch(job_id):
-            raise WarehouseError(f"invalid job_id {job_id!r}: use letters, digits, _ or -")
         write, create = _dispositions(job_config)
         statement = _parse(query)
         destination = None
@@ -275,7 +278,7 @@ class Warehouse:
             self.con.execute(sql)
         except duckdb.Error as error:
             raise WarehouseError(f"query failed: {_first_line(error)}") from None
-        return pa.table({})
+        return pa.Table.from_arrays([], names=[])  # not pa.table: it imports pandas
 
     def _prepare(self, statement: exp.Expression) -> exp.Expression:
         """Check the source tables exist, then serve row fingerprints from the cache."""
@@ -405,34 +408,41 @@ class Warehouse:
         ]
         if len(tables) != 1 or not tables[0].db:
             return
-        columns = self._sql(
-            "SELECT c.schema_name, c.table_name, c.column_name, c.data_type FROM duckdb_columns() c"
-            " JOIN duckdb_tables() t USING (table_oid) WHERE lower(c.schema_name) = lower(?)"
-            " AND lower(c.table_name) = lower(?) ORDER BY c.column_index",
-            [tables[0].db, tables[0].name],
-        )
-        names = {c[2].lower() for c in columns}
-        if not columns or alias.lower() in names or "rowid" in names:
-            return
-        key = f"{columns[0][0]}.{columns[0][1]}"
-        if not self._load_fingerprints(key, columns, json_format.sql(dialect="duckdb"), alias):
+        columns = self._columns(tables[0].db, tables[0].name)
+        if alias.lower() in {c[2].lower() for c in columns} or not self._load_fingerprints(columns):
             return
         node.replace(exp.func(
-            "_covertype_cached_fingerprint", exp.Literal.string(key),
+            "_covertype_cached_fingerprint", exp.Literal.string(f"{columns[0][0]}.{columns[0][1]}"),
             exp.column("rowid", table=alias, quoted=True),
         ))
 
-    def _load_fingerprints(self, key: str, columns: list[tuple], json_sql: str, alias: str) -> bool:
-        """Fill self._fingerprints[key] (fingerprint by rowid) from the cache, or compute it."""
+    def _columns(self, dataset: str, table: str) -> list[tuple]:
+        """(dataset, table, column, type) of a base table in column order; [] if none."""
+        return self._sql(
+            "SELECT c.schema_name, c.table_name, c.column_name, c.data_type FROM duckdb_columns() c"
+            " JOIN duckdb_tables() t USING (table_oid) WHERE lower(c.schema_name) = lower(?)"
+            " AND lower(c.table_name) = lower(?) ORDER BY c.column_index",
+            [dataset, table],
+        )
+
+    def _load_fingerprints(self, columns: list[tuple]) -> bool:
+        """Fill self._fingerprints (fingerprints by rowid) from the cache, or compute them.
+
+        False when the cache cannot serve this table: rowid is a column name, or rowids are
+        sparse (rows written in the open transaction); the plain UDF serves those.
+        """
+        if not columns or {"rowid", _ROW_ALIAS} & {c[2].lower() for c in columns}:
+            return False
+        key = f"{columns[0][0]}.{columns[0][1]}"
         source = f"{_quote(columns[0][0])}.{_quote(columns[0][1])}"
         cache = f"{_quote(CACHE_DATASET)}.{_quote(key)}"
         count, checksum, last = self._sql(
             f"SELECT count(*), sum(hash(rowid, *COLUMNS(*))), max(rowid) FROM {source}"
         )[0]
         if last is not None and last > 2 * count + 2048:
-            return False  # sparse rowids (rows written in this transaction): use the plain UDF
+            return False
         layout = ",".join(f"{c[2]}:{c[3]}" for c in columns)
-        signature = f"duckdb {duckdb.__version__}|{layout}|{count}|{checksum}"
+        signature = f"duckdb {duckdb.__version__}|{_ROW_JSON}|{layout}|{count}|{checksum}"
         if self._fingerprints.get(key, ("",))[0] == signature:
             return True
         stored = self._sql(
@@ -445,7 +455,7 @@ class Warehouse:
         else:
             try:
                 rows = self.con.sql(
-                    f"SELECT rowid AS row_id, {json_sql} AS json FROM {source} AS {_quote(alias)}"
+                    f"SELECT rowid AS row_id, {_ROW_JSON} AS json FROM {source} AS {_ROW_ALIAS}"
                 ).to_arrow_table()
             except duckdb.Error as error:
                 raise WarehouseError(f"query failed: {_first_line(error)}") from None
@@ -515,7 +525,10 @@ def _local_copy(csv_path: str) -> Iterator[str]:
         local = path
         if not isinstance(fs, LocalFileSystem):
             local = os.path.join(folder, os.path.basename(path))
-            fs.get_file(path, local)
+            try:
+                fs.get_file(path, local)
+            except OSError as error:
+                raise WarehouseError(f"{csv_path}: cannot read ({_first_line(error)})") from None
         if os.path.getsize(local) == 0:
             raise WarehouseError(f"{csv_path}: the file is empty; expected a CSV with a header")
         yield local

@@ -16,6 +16,7 @@ from pipeline.local.records import RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
 from pipeline.local.storage import configure_storage_emulator
 from pipeline.local.workflow import Workflow
+from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
 
 DSL_FILE = Path(__file__).resolve().parents[1] / "covertype_training_pipeline.py"
@@ -55,10 +56,14 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
         compiled = package or compile_package(Path(staging) / "pipeline.yaml")
         workflow = Workflow.load(compiled)
         parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
+        validate_parameters(parameters)
+        source_table = parameters.get("source_table_name", data.SOURCE_TABLE)
+        if source_table == data.SOURCE_TABLE:
+            data.ensure_source_table(rows)
+        data.check_source_table(source_table)
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
         shutil.copyfile(compiled, folder / "pipeline.yaml")
-    data.ensure_source_table(rows)
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
     if on_start:

@@ -171,7 +171,7 @@ class TrainingService:
             job.update(state="FAILED", errorMessage=INTERRUPTED, endTime=now())
             for trial in job.get("trainingOutput", {}).get("trials", []):
                 if trial["state"] not in TERMINAL_STATES:
-                    trial.update(state="FAILED", endTime=job["endTime"])
+                    trial.update(state="CANCELLED", endTime=job["endTime"])
             _write_json(path, record)
             logger.warning("job %s: %s", job["jobId"], INTERRUPTED)
 
@@ -295,7 +295,7 @@ class _JobRun:
             self.job["startTime"] = now()
             self._set_state("RUNNING")
             if self.spec:
-                self._tune()
+                self._tune(self.spec)
             else:
                 self._train_once()
         except _Stop as stop:
@@ -364,9 +364,7 @@ class _JobRun:
             raise _Stop("FAILED", f"The replica master exited with a non-zero status of {code}. "
                                   f"Last log lines: {_one_line(process.tail())}")
 
-    def _tune(self) -> None:
-        spec = self.spec
-        assert spec is not None
+    def _tune(self, spec: TuningSpec) -> None:
         tuner = Tuner(spec, seed_for(self.job["jobId"]))
         output = {"completedTrialCount": "0", "consumedMLUnits": 0.0, "trials": [],
                   "isHyperparameterTuningJob": True, "hyperparameterMetricTag": spec.metric_tag}
@@ -420,7 +418,7 @@ class _JobRun:
 
     def _finish_trial(self, process: _Process, state: str, objective: float | None,
                       error: str) -> None:
-        if process.suggestion is None:
+        if process.suggestion is None or self.spec is None:  # the master of a plain job
             return
         trial_id = _trial_id(process)
         output = self.job["trainingOutput"]
@@ -491,6 +489,7 @@ def _write_json(path: Path, data: dict) -> None:
     handle, temp = tempfile.mkstemp(prefix=".job-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            os.fchmod(stream.fileno(), 0o644)  # mkstemp makes it owner-only
             json.dump(data, stream, indent=1)
         os.replace(temp, path)
     except BaseException:

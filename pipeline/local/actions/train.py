@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -66,7 +65,7 @@ def train(project_id: str, python_module: str = "", package_uris: str = "", regi
     if os.environ.get(EMULATOR_HOST_ENV):
         interval = min(interval, LOCAL_POLL_SECONDS)
     name = f"projects/{project_id}/jobs/{job_id}"
-    with _cancel_on_termination(ml, name):
+    with _cancel_on_termination(name):
         _submit(ml, project_id, {"jobId": job_id, "trainingInput": body})
         job = _wait(ml, name, interval)
     if job["state"] != "SUCCEEDED":
@@ -167,7 +166,7 @@ def _trial_line(trial: dict, output: dict) -> str:
 
 
 @contextmanager
-def _cancel_on_termination(ml: Any, name: str) -> Iterator[None]:
+def _cancel_on_termination(name: str) -> Iterator[None]:
     """Cancel the job if this step is interrupted (SIGTERM, Ctrl-C), as the 0.2.5 op does."""
     def _terminate(signum: int, _: Any) -> None:
         raise SystemExit(128 + signum)
@@ -178,10 +177,9 @@ def _cancel_on_termination(ml: Any, name: str) -> Iterator[None]:
         yield
     except (KeyboardInterrupt, SystemExit):
         print(f"interrupted: cancelling {name}", flush=True)
-        try:
-            print("DEBUG result", ml.projects().jobs().cancel(name=name, body={}).execute(), flush=True)
-        except BaseException as error:
-            import traceback; traceback.print_exc(file=sys.stdout)  # best effort, like the 0.2.5 cancel_job
+        try:  # a fresh client: the interrupted one may hold a half-read response
+            ml_service().projects().jobs().cancel(name=name, body={}).execute()
+        except Exception as error:  # best effort, like the 0.2.5 cancel_job
             print(f"could not cancel {name}: {error}", flush=True)
         raise
     finally:

@@ -33,12 +33,14 @@ def verdict(summary: RunSummary) -> str:
 
 
 def evaluation_section(summary: RunSummary | None, metrics: list[dict],
-                       ui_outputs: list[dict]) -> str:
+                       ui_outputs: list[dict], running: bool = False) -> str:
     """The metric verdict, all metrics, then each UI output of the evaluate step."""
     parts = ["<h2>Evaluation</h2>"]
     if summary and summary.metric_value is not None:
         parts.append(f'<p id="metric-vs-threshold">{escape(summary.metric_name or "metric")} '
                      f"<b>{summary.metric_value:.4f}</b> {verdict(summary)}</p>")
+    elif running:
+        parts.append('<p class="empty" id="not-evaluated">Not evaluated yet.</p>')
     else:
         reason = summary.not_deployed_reason if summary else ""
         parts.append(f'<p class="empty" id="not-evaluated">Not evaluated'

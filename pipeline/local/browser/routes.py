@@ -24,6 +24,9 @@ from pipeline.local.summary import EVALUATE_STEP, RunSummary, step_output
 router = APIRouter(include_in_schema=False)
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TUNE_STEP = "tune-hyperparameters"
+# The DSL gives the tuning job `job_dir={gcs_root}/jobdir/hypertune/{{workflow.uid}}`, and a
+# local run's workflow.uid is its run id: how a running or failed tuning step's job is found.
+HYPERTUNE_DIR = "/hypertune/"
 SMALL_FILE = 64 * 1024  # parameter-like artifacts are read into outputs up to this size
 METADATA_FILE = 4 * 1024 * 1024
 NO_SNIFF = {"X-Content-Type-Options": "nosniff"}
@@ -163,11 +166,11 @@ def _tuning_job(request: Request, record: RunRecord) -> tuple[dict | None, str]:
     try:
         if job_id:
             return service.get_job(project, job_id), ""
-        if step.status == records.RUNNING:  # its job_id output exists only once it ends
+        if step.status in (records.RUNNING, records.FAILED):  # no job_id output (yet)
             for job in service.list_jobs(project)["jobs"]:
                 job_dir = (job.get("trainingInput") or {}).get("jobDir", "")
-                if job_dir.rstrip("/").endswith(f"/hypertune/{record.run_id}"):
+                if job_dir.rstrip("/").endswith(HYPERTUNE_DIR + record.run_id):
                     return job, ""
     except ServiceError as error:
         return None, f"Tuning job {job_id or '(unknown)'}: {error}"
-    return None, f"No tuning job: {TUNE_STEP} is {step.status.lower()}."
+    return None, f"No tuning job recorded ({TUNE_STEP}: {step.status})."

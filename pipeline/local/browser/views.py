@@ -105,9 +105,10 @@ def _run_row(record: RunRecord, summary: RunSummary | None) -> str:
     elif summary and record.status != records.RUNNING:
         deployed = f'no <span class="empty">({e(summary.not_deployed_reason)})</span>'
     link = f"/runs/{quote(record.run_id)}"
-    return (f'<tr id="run-{e(record.run_id)}"><td><a href="{e(link)}">{e(record.run_id)}</a>'
-            f"</td><td>{badge(record.status)}</td><td>{timestamp(record.start)}</td>"
-            f'<td class="num">{run_duration(record)}</td><td>{metric}</td><td>{deployed}</td></tr>')
+    return (f'<tr id="run-{e(record.run_id)}"><td class="nowrap"><a href="{e(link)}">'
+            f"{e(record.run_id)}</a></td><td>{badge(record.status)}</td>"
+            f'<td class="nowrap">{timestamp(record.start)}</td><td class="num nowrap">'
+            f'{run_duration(record)}</td><td class="nowrap">{metric}</td><td>{deployed}</td></tr>')
 
 
 def run_page(view: RunView) -> str:
@@ -121,7 +122,8 @@ def run_page(view: RunView) -> str:
             f'<a href="/runs/{e(quote(record.run_id))}.json">record as JSON</a></p>{message}')
     legend = "".join(f'<span><i style="background:{fill}"></i>{e(status)}</span>'
                      for status, (fill, _) in graph.STATUS_COLOURS.items())
-    evaluation = evaluation_section(view.summary, view.metrics, view.ui_outputs)
+    evaluation = evaluation_section(view.summary, view.metrics, view.ui_outputs,
+                                    running=record.status == records.RUNNING)
     body = (head + _cards(view) + '<div class="grid">'
             f'<section id="graph"><h2>Pipeline graph</h2>{graph.render(record.steps)}'
             f'<div class="legend">{legend}</div></section>'
@@ -168,13 +170,18 @@ def _steps_table(record: RunRecord) -> str:
         link = (f'<a href="/runs/{e(quote(record.run_id))}/steps/{e(quote(name))}/log">log</a>'
                 if step.log else "")
         duration = graph.duration_text(graph.seconds(step.start, step.duration_s, step.status))
-        rows.append(f'<tr id="step-{e(name)}"><td>{label}</td><td>{badge(step.status)}</td>'
-                    f"<td>{timestamp(step.start, time_only=True)}</td>"
-                    f'<td class="num">{duration}</td><td class="num">{step.attempts}</td>'
-                    f'<td class="msg">{e(step.message)}</td><td>{link}</td></tr>')
-    return ('<table><thead><tr><th>Step</th><th>Status</th><th>Started</th>'
-            '<th class="num">Duration</th><th class="num">Attempts</th><th>Message</th><th></th>'
-            f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        rows.append(f'<tr id="step-{e(name)}"><td class="step">{label}</td>'
+                    f"<td>{badge(step.status)}</td><td>{timestamp(step.start, time_only=True)}"
+                    f'</td><td class="num">{duration}</td><td class="num">{step.attempts}</td>'
+                    f"<td>{link}</td></tr>")
+        if step.message:
+            tone = " failed" if step.status == records.FAILED else ""
+            rows.append(f'<tr class="message-row"><td colspan="6" class="msg{tone}">'
+                        f"{e(step.message)}</td></tr>")
+    return ('<table class="steps"><thead><tr><th>Step</th><th>Status</th><th>Started</th>'
+            '<th class="num">Duration</th><th class="num" title="attempts">Tries</th><th></th>'
+            "</tr></thead>"
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def _parameters(record: RunRecord) -> str:

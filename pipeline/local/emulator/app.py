@@ -22,7 +22,7 @@ def _discovery_document() -> dict:
 def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
     from pipeline.local import browser
-    from pipeline.local.emulator import jobs, models
+    from pipeline.local.emulator import jobs, models, predict
 
     app = FastAPI(title="Covertype local AI Platform (ml v1 subset)")
     app.state.home = home or local_home()
@@ -49,5 +49,6 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(predict.router)
     app.include_router(browser.router)
     return app

@@ -1,0 +1,80 @@
+"""`covertype serve`: the local AI Platform API (prediction, models, jobs) and run browser.
+
+One uvicorn worker: a second process would double the model memory, and uvicorn 0.54 with
+`--workers` >= 2 never sets TCP_NODELAY (Kludex/uvicorn#3149), so every keep-alive response
+would wait ~40 ms on a delayed ACK. One line per request is logged: method, path, status, ms.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("covertype.serve")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="serve deployed models with the AI Platform Prediction REST API",
+        description="Serve the local registry's models at /v1/projects/local/models/M:predict "
+                    "(and the ml v1 models/versions/jobs routes) until Ctrl-C.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    serve.set_defaults(func=_serve)
+
+
+class RequestLog:
+    """ASGI middleware: one log line per HTTP request, written when its response ends."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status,
+                     (time.perf_counter() - started) * 1000)
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with a one-line error before start-up when the address cannot be bound."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port {port} is out of range; use 1..65535")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); stop "
+                         "the other server or pass another --port") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.local.emulator.app import create_app
+    from pipeline.local.home import local_home
+
+    check_address(args.host, args.port)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    home = local_home()
+    log.info("serving %s on http://%s:%d (predict: POST /v1/projects/local/models/MODEL:predict)",
+             home, args.host, args.port)
+    uvicorn.run(RequestLog(create_app(home)), host=args.host, port=args.port, workers=1,
+                access_log=False, log_level="warning")
+    return 0

@@ -1,0 +1,125 @@
+"""Checks of a run's pipeline parameters, before anything runs or is written.
+
+The local runner calls `validate` before its first step; `make run` calls it (through
+`python -m pipeline.parameters`) before submitting to a cluster. Each problem is one line
+naming the parameter and the fix. Identifiers are checked here, so no quote, semicolon, `..`
+or slash ever reaches SQL or a path.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+
+from pipeline import schema
+
+_BQ_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
+_BQ_PROJECT = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]")
+_ML_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+_LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
+_BOOLEANS = {"true": True, "false": False}
+
+
+class ParameterError(ValueError):
+    """A pipeline parameter value the pipeline cannot run with."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ParameterError(message)
+
+
+def validate_source_table(value: str) -> None:
+    """`[project.]dataset.table` with BigQuery's naming rules."""
+    parts = value.split(".")
+    _require(len(parts) in (2, 3) and all(_BQ_NAME.fullmatch(part) for part in parts[-2:])
+             and (len(parts) == 2 or _BQ_PROJECT.fullmatch(parts[0])),
+             f"source_table_name {value!r} is not [project.]dataset.table; use letters, digits "
+             "and underscores, e.g. covertype_dataset.covertype")
+
+
+def validate(params: Mapping[str, str]) -> None:
+    """Raise ParameterError for the first parameter value that cannot work."""
+    if "source_table_name" in params:
+        validate_source_table(params["source_table_name"])
+    if "dataset_id" in params:
+        _require(bool(_BQ_NAME.fullmatch(params["dataset_id"])),
+                 f"dataset_id {params['dataset_id']!r} is not a BigQuery dataset id; use 1-1024 "
+                 "letters, digits or underscores")
+    for name in ("model_id", "version_id"):
+        if name in params:
+            _require(bool(_ML_NAME.fullmatch(params[name])),
+                     f"{name} {params[name]!r} is not an AI Platform name; start with a letter, "
+                     "then up to 127 letters, digits or underscores")
+    for name in ("region", "dataset_location"):
+        if name in params:
+            _require(bool(_LOCATION.fullmatch(params[name])),
+                     f"{name} {params[name]!r} is not a location; use e.g. us-central1 or US")
+    if "evaluation_metric_name" in params:
+        metric = params["evaluation_metric_name"]
+        _require(metric in schema.METRIC_NAMES,
+                 f"evaluation_metric_name {metric!r} is unknown; use one of "
+                 f"{', '.join(schema.METRIC_NAMES)}")
+    if "evaluation_metric_threshold" in params:
+        text = params["evaluation_metric_threshold"]
+        try:
+            threshold = float(text)
+        except ValueError:
+            threshold = float("nan")
+        _require(0.0 <= threshold <= 1.0,
+                 f"evaluation_metric_threshold {text!r} is not a number in [0, 1]; the metrics "
+                 "are fractions, e.g. 0.69")
+    if "replace_existing_version" in params:
+        value = params["replace_existing_version"]
+        _require(value.strip().lower() in _BOOLEANS,
+                 f"replace_existing_version {value!r} is not a boolean; use True or False")
+    if "gcs_root" in params:
+        root = params["gcs_root"]
+        _require(bool(root) and ".." not in root.split("/") and not root.endswith("/")
+                 and not any(char in root for char in "'\"; \n"),
+                 f"gcs_root {root!r} is not a folder URI; use gs://bucket/folder or an absolute "
+                 "local path, without '..', quotes or a trailing slash")
+        _require(root.startswith(("gs://", "/")),
+                 f"gcs_root {root!r} must start with gs:// or / (an absolute local path)")
+    if "hypertune_settings" in params:
+        validate_hypertune_settings(params["hypertune_settings"])
+
+
+def validate_hypertune_settings(text: str) -> None:
+    """The AI Platform TrainingInput of the tuning step, checked as the service checks it."""
+    from pipeline.local.errors import InvalidArgument
+    from pipeline.local.tuning import parse_spec
+
+    try:
+        settings = json.loads(text)
+    except ValueError as error:
+        raise ParameterError(f"hypertune_settings is not JSON ({error.msg} at char {error.pos}); "
+                             "write JSON, e.g. true not True") from None
+    _require(isinstance(settings, dict) and isinstance(settings.get("hyperparameters"), dict),
+             'hypertune_settings must be a JSON object with a "hyperparameters" object '
+             "(AI Platform TrainingInput)")
+    try:
+        parse_spec(settings["hyperparameters"])
+    except InvalidArgument as error:
+        raise ParameterError(f"hypertune_settings: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.parameters NAME=VALUE ...`: check values before `kfp run submit`."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        params = {}
+        for pair in args:
+            name, sep, value = pair.partition("=")
+            _require(bool(sep), f"{pair!r} is not NAME=VALUE")
+            params[name] = value
+        validate(params)
+    except ParameterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
