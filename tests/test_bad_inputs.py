@@ -75,7 +75,6 @@ def bad_tables(tmp_path_factory):
                "Wilderness_Area, Soil_Type")
     csv = tmp_path_factory.mktemp("csv") / "rows.csv"
     import pandas as pd
-
     from conftest import BUNDLED_CSV
     pd.read_csv(BUNDLED_CSV, nrows=500).to_csv(csv, index=False)
     statements = [

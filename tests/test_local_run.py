@@ -1,4 +1,4 @@
-"""`covertype run --local` end to end on real rows: the compiled package, the stand-ins, the gate."""
+"""`covertype run --local` end to end on real rows: compiled package, stand-ins, gate."""
 from __future__ import annotations
 
 import json

@@ -18,7 +18,8 @@ def _container(name: str, script: str, outputs: tuple[str, ...] = (), inputs=(),
         "name": name,
         "container": {"image": "alpine", "command": ["sh", "-ec", script]},
         "inputs": {"parameters": [{"name": n} for n in inputs],
-                   "artifacts": [{"name": a, "path": f"/tmp/inputs/{a}/data"} for a in artifacts_in]},
+                   "artifacts": [{"name": a, "path": f"/tmp/inputs/{a}/data"}
+                                 for a in artifacts_in]},
         "outputs": {
             "parameters": [{"name": f"{name}-{o}", "valueFrom": {"path": f"/tmp/outputs/{o}/data"}}
                            for o in outputs],

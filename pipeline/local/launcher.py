@@ -82,7 +82,7 @@ def main() -> int:
 
     try:
         launch(sys.argv[1:])
-    except (ValueError, SchemaError, ServiceError, FileNotFoundError) as error:
+    except (ValueError, RuntimeError, SchemaError, ServiceError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except HttpError as error:

@@ -27,7 +27,6 @@ TUNE_STEP = "tune-hyperparameters"
 # The DSL gives the tuning job `job_dir={gcs_root}/jobdir/hypertune/{{workflow.uid}}`, and a
 # local run's workflow.uid is its run id: how a running or failed tuning step's job is found.
 HYPERTUNE_DIR = "/hypertune/"
-SMALL_FILE = 64 * 1024  # parameter-like artifacts are read into outputs up to this size
 METADATA_FILE = 4 * 1024 * 1024
 NO_SNIFF = {"X-Content-Type-Options": "nosniff"}
 
@@ -44,10 +43,7 @@ class Unavailable(Exception):
 def runs_list(request: Request) -> HTMLResponse:
     """All runs, newest first."""
     store = _store(request)
-    runs = []
-    for record in store.list():
-        _outputs_from_artifacts(record, store.folder(record.run_id))
-        runs.append((record, _summary(record)))
+    runs = [(record, _summary(record)) for record in store.list()]
     return HTMLResponse(views.runs_page(runs, store.root))
 
 
@@ -70,7 +66,6 @@ def run_page(run_id: str, request: Request) -> HTMLResponse:
     except Unavailable as error:
         title = "Run not found" if error.code == 404 else "Unreadable run record"
         return HTMLResponse(views.error_page(title, str(error)), status_code=error.code)
-    _outputs_from_artifacts(record, folder)
     job, note = _tuning_job(request, record)
     evaluate = record.steps.get(EVALUATE_STEP)
     artifacts = evaluate.artifacts if evaluate else {}
@@ -127,20 +122,6 @@ def _summary(record: RunRecord) -> RunSummary | None:
         return RunSummary.of(record)
     except (TypeError, ValueError):
         return None
-
-
-def _outputs_from_artifacts(record: RunRecord, folder: Path) -> None:
-    """Add the small output values Argo keeps only as artifacts (no later step reads them).
-
-    KFP compiles an output that no step consumes (e.g. `deploy-model-version_name`,
-    `evaluate-model-metric_name`) as an artifact only; the summary looks for outputs.
-    """
-    for step in record.steps.values():
-        for name, location in step.artifacts.items():
-            path = folder / location
-            if (name.startswith(f"{step.name}-") and name not in step.outputs
-                    and path.is_file() and path.stat().st_size <= SMALL_FILE):
-                step.outputs[name] = path.read_text(errors="replace")
 
 
 def _json_artifact(folder: Path, location: str | None) -> dict:

@@ -47,8 +47,8 @@ def create_app(home: Path | None = None) -> FastAPI:
         """Liveness probe."""
         return {"status": "ok"}
 
+    app.include_router(predict.router)  # first: predict is the hot path
     app.include_router(jobs.router)
     app.include_router(models.router)
-    app.include_router(predict.router)
     app.include_router(browser.router)
     return app

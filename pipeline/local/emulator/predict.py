@@ -63,6 +63,11 @@ PREDICT_OPENAPI = {
 }
 
 
+def _path_parameters(*extra: str) -> list[dict]:
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in ("project", "model", *extra)]
+
+
 @dataclass
 class _Entry:
     """A model's versions loaded under one registry stamp."""
@@ -192,17 +197,22 @@ async def _predict(request: Request, project: str, model: str, version: str | No
                              "X-Prediction-Path": predictor.path})
 
 
-@router.post("/models/{model}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI)
-async def predict_version(project: str, model: str, version: str, request: Request
-                          ) -> Response:
+# The handlers take only the Request (path parameters documented here, read from the path):
+# FastAPI's per-parameter validation would cost more than the ONNX prediction itself.
+@router.post("/models/{model}/versions/{version}:predict",
+             openapi_extra={**PREDICT_OPENAPI, "parameters": _path_parameters("version")})
+async def predict_version(request: Request) -> Response:
     """projects.predict on a version"""
-    return await _predict(request, project, model, version)
+    params = request.path_params
+    return await _predict(request, params["project"], params["model"], params["version"])
 
 
-@router.post("/models/{model}:predict", openapi_extra=PREDICT_OPENAPI)
-async def predict_default(project: str, model: str, request: Request) -> Response:
+@router.post("/models/{model}:predict", openapi_extra={**PREDICT_OPENAPI,
+                                                       "parameters": _path_parameters()})
+async def predict_default(request: Request) -> Response:
     """projects.predict on the model's default version"""
-    return await _predict(request, project, model, None)
+    params = request.path_params
+    return await _predict(request, params["project"], params["model"], None)
 
 
 @router.get("/registry:check")
