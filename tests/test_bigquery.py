@@ -1,12 +1,15 @@
 """The local BigQuery: translation, FARM_FINGERPRINT, TO_JSON_STRING, loads, query jobs, CLI."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -139,13 +142,13 @@ def test_all_rows_split_disjoint_stable_and_sized(home: Path) -> None:
     with Warehouse() as warehouse:
         total = warehouse.load_csv(SOURCE, str(DATA))
     runs = []
-    for _ in range(2):  # the first run builds the fingerprint cache, the second reads it
+    for _ in range(2):  # same rows in the same order every time
         splits = {}
         for split, lots in schema.SPLIT_LOTS.items():
             with Warehouse() as warehouse:  # one open per query, as in the pipeline's steps
                 splits[split] = warehouse.query(split_query(lots))
         runs.append(splits)
-    with Warehouse() as warehouse:  # a CTE source skips the cache: the plain vectorised UDF
+    with Warehouse() as warehouse:  # a subquery source skips the cache: the vectorised UDF
         uncached = warehouse.query(split_query((8,), f"(SELECT * FROM `{SOURCE}`)"))
     assert total == 426_599
     first, second = runs
@@ -372,13 +375,27 @@ def test_query_job_errors_are_one_line_and_change_nothing(
     assert snapshot(warehouse_file) == before and not output.exists()
 
 
-def test_write_empty_job_config_refuses_a_full_table(warehouse_file: Path) -> None:
-    config = json.dumps({"query": {"writeDisposition": "WRITE_EMPTY"}})
-    query_action(split_query((9,)), "local", "splits", "t", "", "US", config)
+def test_job_config_dispositions(warehouse_file: Path) -> None:
+    def job(**config: str) -> dict[str, str]:
+        return query_action(split_query((9,)), "local", "splits", "t", "", "US",
+                            json.dumps({"query": config}))
+
+    def rows() -> int:
+        with Warehouse() as warehouse:
+            return warehouse.query("SELECT COUNT(*) AS n FROM splits.t")["n"][0].as_py()
+
+    with pytest.raises(ValueError, match=r"table splits\.t not found \(CREATE_NEVER\)"):
+        job(createDisposition="CREATE_NEVER")
+    job(writeDisposition="WRITE_EMPTY")
+    first = rows()
     before = snapshot(warehouse_file)
     with pytest.raises(ValueError, match=r"table splits\.t is not empty \(WRITE_EMPTY\)"):
-        query_action(split_query((9,)), "local", "splits", "t", "", "US", config)
+        job()  # BigQuery's default for a given config is WRITE_EMPTY
     assert snapshot(warehouse_file) == before
+    job(writeDisposition="WRITE_APPEND")
+    assert rows() == 2 * first
+    job(writeDisposition="WRITE_TRUNCATE")
+    assert rows() == first
 
 
 def test_unwritable_output_rolls_back_the_table_and_cache(
@@ -390,3 +407,66 @@ def test_unwritable_output_rolls_back_the_table_and_cache(
     with pytest.raises(ValueError, match=r"^cannot write .*file/data\.csv: "):
         query_action(split_query((9,)), "local", "splits", "", str(blocker / "data.csv"))
     assert snapshot(warehouse_file) == before
+
+
+GS_SCRIPT = """
+import json, sys, fsspec
+from pipeline.local.bigquery import Warehouse
+fs = fsspec.filesystem("gs", project="local")
+fs.mkdir("bucket")
+fs.put_file(sys.argv[1], "bucket/in/sample.csv.gz")
+with Warehouse() as warehouse:
+    loaded = warehouse.load_csv("covertype_dataset.covertype", "gs://bucket/in/sample.csv.gz")
+    job = warehouse.run_query_job(sys.argv[2], "local", "splits", "", "gs://bucket/out/data.csv")
+    missing = ""
+    try:
+        warehouse.load_csv("covertype_dataset.covertype", "gs://bucket/in/nope.csv")
+    except ValueError as error:
+        missing = str(error)
+print(json.dumps([loaded, job["rows"], fs.cat("bucket/out/data.csv").decode(), missing]))
+"""
+
+
+def test_gs_paths_through_the_storage_emulator(
+    home: Path, sample_csv: Path, tmp_path: Path
+) -> None:
+    sample_gz = tmp_path / "sample.csv.gz"
+    sample_gz.write_bytes(gzip.compress(sample_csv.read_bytes()))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    emulator = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--port",
+         str(port), "--in-memory"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.1)
+        # The extended gcsfs file system asks a gRPC API for the bucket type: 60 s timeouts.
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+        result = subprocess.run(
+            [sys.executable, "-c", GS_SCRIPT, str(sample_gz), split_query((9,))],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        emulator.terminate()
+        emulator.wait()
+    assert result.returncode == 0, result.stderr
+    loaded, rows, csv_text, missing = json.loads(result.stdout.splitlines()[-1])
+    assert loaded == SAMPLE_ROWS
+    assert csv_text.splitlines()[0] == ",".join(schema.COLUMNS)
+    assert len(csv_text.splitlines()) == rows + 1 and 0.08 < rows / SAMPLE_ROWS < 0.12
+    assert missing == "gs://bucket/in/nope.csv: no such file; check the path"
+
+
+def test_bad_action_inputs_do_not_even_create_the_warehouse(home: Path) -> None:
+    bad_inputs = [{"dataset_id": "a;b"}, {"job_config": "[]"}, {"project_id": "a b"},
+                  {"query": "SELEC 1"}, {"query": " "}]
+    for bad in bad_inputs:
+        args = {"query": split_query((9,)), "project_id": "local", "dataset_id": "splits", **bad}
+        with pytest.raises(ValueError):
+            query_action(**args)
+    assert not (home / "warehouse.duckdb").exists()

@@ -14,7 +14,8 @@ from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.summary import RunSummary
 
 STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",
-                records.SKIPPED: "dim", records.OMITTED: "dim", records.PENDING: "dim"}
+                records.SKIPPED: "dim", records.OMITTED: "dim", records.PENDING: "dim",
+                records.INTERRUPTED: "red"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="pipeline parameter, same names as `kfp run submit`; repeatable")
     run.add_argument("--rows", default=str(LAB_ROWS),
                      help=f"bundled rows to load as the source table (default {LAB_ROWS}; 'all')")
+    run.add_argument("--no-cache", action="store_true",
+                     help="recompute every step instead of reusing cached outputs")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue a failed or interrupted run from its last finished steps")
     run.set_defaults(func=_run)
     runs = subparsers.add_parser("runs", help="list or show local runs")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
@@ -101,15 +106,23 @@ class Progress:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.local.run_local import run_local
+    from pipeline.local.run_local import resume_local, run_local
 
     console = make_console()
     params = parse_params(args.param)
     rows = parse_rows(args.rows)
+    if args.resume and (params or args.package):
+        raise ValueError("--resume continues a run with its own package and parameters; "
+                         "drop --param/--package")
     progress = Progress(console)
+    callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
+                 "use_cache": not args.no_cache}
     try:
-        record = run_local(Path(args.package) if args.package else None, params, rows,
-                           on_step=progress.step, on_line=progress.line, on_start=progress.start)
+        if args.resume:
+            record = resume_local(args.resume, **callbacks)
+        else:
+            record = run_local(Path(args.package) if args.package else None, params, rows,
+                               **callbacks)
     finally:
         progress.stop()
     print_summary(console, record)
@@ -127,8 +140,9 @@ def print_summary(console: Console, record: RunRecord) -> None:
     table = Table("step", "status", "duration", "note", box=None)
     for step in record.steps.values():
         duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
+        note = step.message or (f"reused ({step.reused})" if step.reused else "")
         table.add_row(step.name, f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
-                      duration, step.message[:90])
+                      duration, note[:90])
     console.print(table)
     summary = RunSummary.of(record)
     if summary.best_trial:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import time
@@ -59,8 +60,9 @@ def check_address(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as error:
-        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); stop "
-                         "the other server or pass another --port") from None
+        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else str(error)
+        raise ValueError(f"cannot listen on {host}:{port} ({reason}); stop the other server "
+                         "or pass another --port") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 import farmhash
@@ -144,7 +144,7 @@ class Warehouse:
         self.path = Path(path) if path else warehouse_path()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._fingerprints: dict[str, tuple[str, np.ndarray]] = {}
-        self._lock: Any = None
+        self._lock: IO[str] | None = None
 
     def __enter__(self) -> Warehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,19 +218,10 @@ class Warehouse:
         (defaults `kfp_tmp_dataset`, `query_<job_id>`; the dataset is created if missing),
         then to a CSV with a header at output_gcs_path. Nothing is written on any error.
         """
-        if not _PROJECT_ID.fullmatch(project_id or ""):
-            raise WarehouseError(f"invalid project_id {project_id!r}: pass a GCP project id")
         job_id = job_id or uuid.uuid4().hex
-        write, create = _dispositions(job_config)
-        statement = _parse(query)
-        destination = None
-        if dataset_id or output_gcs_path:
-            destination = (
-                validate_identifier("dataset_id", dataset_id or DEFAULT_DATASET),
-                validate_identifier("table_id", table_id or f"query_{job_id}"),
-            )
-            if not isinstance(statement, exp.Query):
-                raise WarehouseError("only a SELECT query can write a destination table")
+        statement, destination, write, create = _plan_query_job(
+            query, project_id, dataset_id, table_id, output_gcs_path, job_config, job_id
+        )
         with self._transaction():
             prepared = self._prepare(statement)
             if destination is None:
@@ -481,6 +472,45 @@ class Warehouse:
         if not len(row_ids):
             return _int64_array(np.zeros(0, dtype=np.int64))
         return _int64_array(self._fingerprints[keys[0].as_py()][1][_numpy_int64(row_ids)])
+
+
+def validate_query_job(
+    query: str,
+    project_id: str,
+    dataset_id: str = "",
+    table_id: str = "",
+    output_gcs_path: str = "",
+    job_config: Mapping[str, Any] | None = None,
+    job_id: str = "",
+) -> None:
+    """Check a query job's inputs without opening the warehouse (run_query_job checks too)."""
+    _plan_query_job(query, project_id, dataset_id, table_id, output_gcs_path, job_config,
+                    job_id or "0")
+
+
+def _plan_query_job(
+    query: str,
+    project_id: str,
+    dataset_id: str,
+    table_id: str,
+    output_gcs_path: str,
+    job_config: Mapping[str, Any] | None,
+    job_id: str,
+) -> tuple[exp.Expression, tuple[str, str] | None, str, str]:
+    """The parsed statement, destination (dataset, table) or None, and dispositions."""
+    if not _PROJECT_ID.fullmatch(project_id or ""):
+        raise WarehouseError(f"invalid project_id {project_id!r}: pass a GCP project id")
+    write, create = _dispositions(job_config)
+    statement = _parse(query)
+    destination = None
+    if dataset_id or output_gcs_path:
+        destination = (
+            validate_identifier("dataset_id", dataset_id or DEFAULT_DATASET),
+            validate_identifier("table_id", table_id or f"query_{job_id}"),
+        )
+        if not isinstance(statement, exp.Query):
+            raise WarehouseError("only a SELECT query can write a destination table")
+    return statement, destination, write, create
 
 
 def _dispositions(job_config: Mapping[str, Any] | None) -> tuple[str, str]:

@@ -41,3 +41,8 @@ def registry_dir(home: Path | None = None) -> Path:
 def runs_dir(home: Path | None = None) -> Path:
     """Run records, one folder per pipeline run."""
     return (home or local_home()) / "runs"
+
+
+def cache_dir(home: Path | None = None) -> Path:
+    """The local runner's step cache."""
+    return (home or local_home()) / "cache"

@@ -237,7 +237,8 @@ def load_predictor(record: dict, artifact: Path, cache_dir: Path) -> Predictor:
     session, verdict = _fast_path(model, artifact, cache_dir)
     predictor = Predictor(record["name"], record.get("etag", ""), artifact, model, session,
                           verdict)
-    log.info("%s: serving with %s (%s)", record["name"], predictor.path, verdict["reason"])
+    log.log(logging.INFO if session is not None else logging.WARNING, "%s: serving with %s (%s)",
+            record["name"], predictor.path, verdict["reason"])
     return predictor
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.local.home import runs_dir
+from pipeline.local.owner import current_owner, owner_alive
 
 RUN_FILE = "run.json"
-# Step and run states follow Argo's node phases.
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED = (
-    "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted")
+# Step and run states follow Argo's node phases; Interrupted is a run (or step) whose runner
+# process died without finishing it (kill -9, power loss): resume it.
+PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED, INTERRUPTED = (
+    "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted", "Interrupted")
 
 
 def new_run_id() -> str:
@@ -49,6 +51,7 @@ class StepRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
+    reused: str = ""  # "cache" or "resume" when the step's outputs were reused, not recomputed
 
 
 @dataclass
@@ -64,12 +67,24 @@ class RunRecord:
     end: str = ""
     duration_s: float | None = None
     message: str = ""
+    owner: dict = field(default_factory=current_owner)
+    resumes: int = 0
     steps: dict[str, StepRecord] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Read a saved record; a run whose runner died reads as Interrupted."""
         steps = {name: StepRecord(**step) for name, step in data.pop("steps", {}).items()}
-        return cls(**data, steps=steps)
+        record = cls(**data, steps=steps)
+        if record.status == RUNNING and not owner_alive(record.owner):
+            record.status = INTERRUPTED
+            record.message = (f"the runner (pid {record.owner.get('pid')}) stopped before the "
+                              f"run finished; resume it: covertype run --local --resume "
+                              f"{record.run_id}")
+            for step in record.steps.values():
+                if step.status == RUNNING:
+                    step.status = INTERRUPTED
+        return record
 
 
 class RunStore:

@@ -9,9 +9,11 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pipeline.local import data
+from pipeline.local import data, records
+from pipeline.local.cache import StepCache
 from pipeline.local.emulator.server import EmulatorServer
-from pipeline.local.home import LOCAL_PROJECT_ID, local_home, storage_root
+from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
+from pipeline.local.owner import current_owner
 from pipeline.local.records import RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
 from pipeline.local.storage import configure_storage_emulator
@@ -20,6 +22,7 @@ from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
 
 DSL_FILE = Path(__file__).resolve().parents[1] / "covertype_training_pipeline.py"
+PACKAGE_FILE = "pipeline.yaml"  # the package a run executed, kept in its folder
 
 
 def compile_package(output: Path, environ: Mapping[str, str] | None = None) -> Path:
@@ -43,10 +46,12 @@ def default_parameters(home: Path) -> dict[str, str]:
 
 def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
               on_step: StepCallback | None = None, on_line: LineCallback | None = None,
-              on_start: Callable[[RunRecord], None] | None = None) -> RunRecord:
+              on_start: Callable[[RunRecord], None] | None = None,
+              use_cache: bool = True) -> RunRecord:
     """Run the pipeline end to end on this machine; returns the finished run record.
 
-    Bad parameters or a bad package fail before anything is written.
+    Bad parameters, a bad package or an unusable source table fail before anything is
+    written.
     """
     configure_storage_emulator()
     home = local_home()
@@ -63,10 +68,46 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
         data.check_source_table(source_table)
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
-        shutil.copyfile(compiled, folder / "pipeline.yaml")
+        shutil.copyfile(compiled, folder / PACKAGE_FILE)
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+
+
+def resume_local(run_id: str, on_step: StepCallback | None = None,
+                 on_line: LineCallback | None = None,
+                 on_start: Callable[[RunRecord], None] | None = None,
+                 use_cache: bool = True) -> RunRecord:
+    """Continue a failed or interrupted run from its last finished steps."""
+    configure_storage_emulator()
+    home = local_home()
+    store = RunStore()
+    record = store.load(run_id)
+    if record.status == records.SUCCEEDED:
+        raise ValueError(f"run {run_id} already succeeded; start a new run instead")
+    if record.status == records.RUNNING:
+        raise ValueError(f"run {run_id} is still running (pid {record.owner.get('pid')}); "
+                         "wait for it or stop it first")
+    workflow = Workflow.load(store.folder(run_id) / PACKAGE_FILE)
+    for step in record.steps.values():
+        if step.status == records.SUCCEEDED:
+            step.reused = "resume"
+        else:
+            step.status, step.message, step.outputs, step.artifacts = (
+                records.PENDING, "", {}, {})
+            step.start, step.end, step.duration_s = "", "", None
+    record.status, record.message, record.end, record.duration_s = records.RUNNING, "", "", None
+    record.owner = current_owner()
+    record.resumes += 1
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+
+
+def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
+             use_cache: bool, on_step: StepCallback | None, on_line: LineCallback | None,
+             on_start: Callable[[RunRecord], None] | None) -> RunRecord:
     if on_start:
         on_start(record)
+    cache = StepCache(cache_dir(home)) if use_cache else None
     with EmulatorServer(home) as emulator:
-        return LocalRunner(workflow, record, store, emulator.url, on_step, on_line).run()
+        return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
+                           cache).run()

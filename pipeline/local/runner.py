@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.local import records
+from pipeline.local.cache import CacheEntry, StepCache, step_key
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
@@ -41,8 +42,9 @@ class LocalRunner:
 
     def __init__(self, workflow: Workflow, record: RunRecord, store: RunStore,
                  emulator_url: str, on_step: StepCallback | None = None,
-                 on_line: LineCallback | None = None) -> None:
+                 on_line: LineCallback | None = None, cache: StepCache | None = None) -> None:
         self.workflow = workflow
+        self.cache = cache
         self.record = record
         self.store = store
         self.emulator_url = emulator_url
@@ -117,6 +119,10 @@ class LocalRunner:
 
     def _run_task(self, task: dict[str, Any], dag_scope: dict[str, str]) -> None:
         step = self.record.steps[task["name"]]
+        if step.status == records.SUCCEEDED:  # finished before this run was resumed
+            self.on_step(step)
+            self._publish(task["name"], step, dag_scope)
+            return
         arguments = {item["name"]: substitute(str(item.get("value", "")), dag_scope)
                      for item in task.get("arguments", {}).get("parameters", [])}
         artifacts = {item["name"]: self._artifact_source(item, dag_scope)
@@ -142,13 +148,20 @@ class LocalRunner:
                 raise
             self.store.step_finished(self.record, step, records.SUCCEEDED)
         else:
-            scope["pod.name"] = f"{self.record.run_id}-{task['name']}"
+            # A resumed run gets new pod names, so retried cloud jobs get new ids.
+            attempt = f"-r{self.record.resumes}" if self.record.resumes else ""
+            scope["pod.name"] = f"{self.record.run_id}-{task['name']}{attempt}"
             self._run_container(step, template, scope, artifacts)
         self.on_step(step)
+        self._publish(task["name"], step, dag_scope)
+
+    @staticmethod
+    def _publish(task: str, step: StepRecord, dag_scope: dict[str, str]) -> None:
+        """Make a finished task's outputs visible to the tasks after it."""
         for name, value in step.outputs.items():
-            dag_scope[f"tasks.{task['name']}.outputs.parameters.{name}"] = value
+            dag_scope[f"tasks.{task}.outputs.parameters.{name}"] = value
         for name, path in step.artifacts.items():
-            dag_scope[f"tasks.{task['name']}.outputs.artifacts.{name}"] = path
+            dag_scope[f"tasks.{task}.outputs.artifacts.{name}"] = path
 
     def _artifact_source(self, item: dict[str, Any], scope: dict[str, str]) -> str:
         if "from" in item:
@@ -170,24 +183,34 @@ class LocalRunner:
         mapping = {path: str(root / path.lstrip("/")) for path in paths}
 
         def localise(text: str) -> str:
-            text = substitute(text, scope)
             for container_path, local_path in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
                 text = text.replace(container_path, local_path)
             return text
 
-        command = [localise(str(part)) for part in
-                   container.get("command", []) + container.get("args", [])]
-        command = _local_command(command)
-        env = dict(os.environ)
-        for item in container.get("env", []):
-            env[item["name"]] = (localise(str(item.get("value", ""))) if "valueFrom" not in item
-                                 else self._field_ref(item["valueFrom"], scope, template))
+        resolved = [substitute(str(part), scope) for part in
+                    container.get("command", []) + container.get("args", [])]
+        command = _local_command([localise(part) for part in resolved])
+        step_env = {item["name"]: (substitute(str(item.get("value", "")), scope)
+                                   if "valueFrom" not in item
+                                   else self._field_ref(item["valueFrom"], scope, template))
+                    for item in container.get("env", [])}
+        env = {**os.environ, **{name: localise(value) for name, value in step_env.items()}}
         env.update({STEP_ROOT_ENV: str(root), EMULATOR_HOST_ENV: self.emulator_url,
                     "PYTHONUNBUFFERED": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
         limit = int(template.get("retryStrategy", {}).get("limit", 0) or 0)
         step.log = str((step_dir / "log.txt").relative_to(self.folder))
         step_dir.mkdir(parents=True, exist_ok=True)
+        key = None
+        if self.cache is not None and _cacheable(template):
+            inputs = {item["name"]: Path(artifacts[item["name"]]) for item in
+                      template.get("inputs", {}).get("artifacts", [])
+                      if not artifacts.get(item["name"], "raw:").startswith("raw:")}
+            key = step_key(container, resolved, step_env, inputs)
+            entry = self.cache.lookup(key)
+            if entry is not None:
+                self._restore(step, entry, outputs, mapping)
+                return
         for attempt in range(limit + 1):
             if root.exists():
                 shutil.rmtree(root)
@@ -211,6 +234,24 @@ class LocalRunner:
                           for item in outputs.get("artifacts", [])
                           if Path(mapping[item["path"]]).exists()}
         self.store.step_finished(self.record, step, records.SUCCEEDED)
+        if key is not None:
+            self.cache.store(key, step.outputs, step.artifacts)
+
+    def _restore(self, step: StepRecord, entry: CacheEntry, outputs: dict[str, Any],
+                 mapping: dict[str, str]) -> None:
+        """Finish a step from the cache: its artifacts copied into place, its outputs reused."""
+        self.store.step_started(self.record, step)
+        for item in outputs.get("artifacts", []):
+            if item["name"] in entry.artifacts:
+                target = Path(mapping[item["path"]])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(entry.artifacts[item["name"]], target)
+                step.artifacts[item["name"]] = str(target)
+        step.outputs = dict(entry.outputs)
+        step.reused = "cache"
+        step.attempts -= 1
+        self.store.step_finished(self.record, step, records.SUCCEEDED,
+                                 "reused from the step cache")
 
     def _field_ref(self, value_from: dict[str, Any], scope: dict[str, str],
                    template: dict[str, Any]) -> str:
@@ -253,6 +294,14 @@ class LocalRunner:
                 tail = (tail + [line])[-LOG_TAIL_LINES:]
                 self.on_line(step, line)
             return process.wait(), [line for line in tail if line.strip()]
+
+
+def _cacheable(template: dict[str, Any]) -> bool:
+    """KFP's opt-out: a zero max cache staleness (`set_caching_options`/`P0D`)."""
+    metadata = template.get("metadata", {})
+    staleness = metadata.get("annotations", {}).get("pipelines.kubeflow.org/max_cache_staleness")
+    return (staleness != "P0D"
+            and metadata.get("labels", {}).get("pipelines.kubeflow.org/enable_caching") != "false")
 
 
 def _local_command(command: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ Any `masterConfig.imageUri` runs the trainer image's entrypoint from this checko
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import jobs_dir
+from pipeline.local.owner import current_owner, owner_alive
 from pipeline.local.tuning import (
     Suggestion,
     Tuner,
@@ -96,7 +98,7 @@ class TrainingService:
                    "state": "QUEUED"}
             if isinstance(body.get("labels"), dict):
                 job["labels"] = body["labels"]
-            record = {"project": project, "owner": _owner(), "job": job, "trialDetails": {}}
+            record = {"project": project, "owner": current_owner(), "job": job, "trialDetails": {}}
             _write_json(folder / "job.json", record)
             _LIVE_FOLDERS.add(str(folder))
             run = _JobRun(self, folder, record, spec)
@@ -237,6 +239,13 @@ class _Stop(Exception):
         self.state = state
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGKILL it when the service's process dies, so a
+    killed runner leaves no orphan trials (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
 class _Process:
     """One trainer process (the master of a plain job, or a tuning trial)."""
 
@@ -249,7 +258,7 @@ class _Process:
         with open(log, "wb") as stream:
             self.popen = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent)
 
     def kill(self) -> None:
         """Stop the process group: SIGTERM, then SIGKILL after 2 s."""
@@ -365,7 +374,11 @@ class _JobRun:
                                   f"Last log lines: {_one_line(process.tail())}")
 
     def _tune(self, spec: TuningSpec) -> None:
-        tuner = Tuner(spec, seed_for(self.job["jobId"]))
+        # Seeded by what the job does (not its id or output folder): the same inputs propose
+        # the same trials, so a run resumed after a crash, which submits a new job id, and a
+        # repeated run give the same model.
+        task = {key: value for key, value in self.job["trainingInput"].items() if key != "jobDir"}
+        tuner = Tuner(spec, seed_for(json.dumps(task, sort_keys=True)))
         output = {"completedTrialCount": "0", "consumedMLUnits": 0.0, "trials": [],
                   "isHyperparameterTuningJob": True, "hyperparameterMetricTag": spec.metric_tag}
         self.job["trainingOutput"] = output
@@ -453,31 +466,11 @@ def _one_line(text: str, limit: int = 600) -> str:
     return " | ".join(lines[-3:])[-limit:] or "(no output)"
 
 
-def _owner() -> dict:
-    return {"pid": os.getpid(), "startTicks": _start_ticks(os.getpid())}
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process start time from /proc (None elsewhere): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def _owner_alive(owner: dict, folder: Path) -> bool:
     """Whether the process that runs a job is still running it."""
-    pid = owner.get("pid")
-    if pid == os.getpid():
+    if owner.get("pid") == os.getpid():
         return str(folder) in _LIVE_FOLDERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return owner.get("startTicks") in (None, _start_ticks(pid))
+    return owner_alive(owner)
 
 
 def _read_json(path: Path) -> dict:

@@ -211,9 +211,9 @@ def _format(value: Value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def seed_for(job_id: str) -> int:
-    """A reproducible sampler seed: the same job id suggests the same values."""
-    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16)
+def seed_for(key: str) -> int:
+    """A reproducible sampler seed: the same key (job dir or id) suggests the same values."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):

@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 
-from pipeline.local.bigquery import Warehouse
+from pipeline.local.bigquery import Warehouse, validate_query_job
 
 
 def query(
@@ -35,6 +35,8 @@ def query(
             ) from None
         if not isinstance(config, dict):
             raise ValueError(f"job_config must be a JSON object, got {job_config!r}")
+    job_id = _job_id()
+    validate_query_job(query, project_id, dataset_id, table_id, output_gcs_path, config, job_id)
     with Warehouse() as warehouse:
         result = warehouse.run_query_job(
             query,
@@ -44,7 +46,7 @@ def query(
             output_gcs_path=output_gcs_path,
             dataset_location=dataset_location,
             job_config=config,
-            job_id=_job_id(),
+            job_id=job_id,
         )
     return {"output_gcs_path": result["output_gcs_path"]}
 

@@ -88,12 +88,12 @@ class ServedModels:
 
     async def predictor(self, model: str, version: str | None) -> Predictor:
         """The version (default when None) that answers; loads it on first use or a change."""
-        stamp = self._stamp(model)
+        stamp = self._stamp(model, version)
         if found := self._cached(model, version, stamp):
             return found
         lock = self._locks.setdefault(model, asyncio.Lock())
         async with lock:
-            stamp = self._stamp(model)
+            stamp = self._stamp(model, version)
             if found := self._cached(model, version, stamp):
                 return found
             entry = self._entries.get(model)
@@ -112,7 +112,7 @@ class ServedModels:
             return None
         return entry.predictors.get(version or entry.default or "")
 
-    def _stamp(self, model: str) -> str:
+    def _stamp(self, model: str, version: str | None) -> str:
         try:
             stamp = self.registry.stamp(model)
         except ServiceError as error:
@@ -121,7 +121,7 @@ class ServedModels:
             stamp = None
         if stamp is None:
             self._entries.pop(model, None)
-            _raise(self.registry.root, model, None, PredictionError(
+            _raise(self.registry.root, model, version, PredictionError(
                 f"model {model} not found in project {LOCAL_PROJECT_ID}; deploy it first", 404))
         return stamp
 
@@ -291,13 +291,24 @@ def _check_version(folder: Path, name: str, problem: Callable[[str, str], None])
 
 
 def explain(root: Path, model: str, version: str | None) -> str | None:
-    """The registry problem that stops `model` (or its `version`) from being served, if any."""
+    """The registry problem that stops `model` (its default, or `version`) from being served."""
     if not NAME_PATTERN.fullmatch(model) or not (root / model).is_dir():
         return None
     problems, _ = check_registry(root, only=model)
     name = f"projects/{LOCAL_PROJECT_ID}/models/{model}"
+    wanted = f"{name}/versions/{version or _default_of(root / model)}"
+    for item in problems:  # the version's own problem first
+        if item["name"] == wanted:
+            return f"{item['name']} cannot be served: {item['problem']}"
     for item in problems:
-        if item["name"] == (f"{name}/versions/{version}" if version else name) or (
-                item["name"] == name and item["problem"].startswith("model.json")):
+        if item["name"] == name and (version is None or item["problem"].startswith("model.json")):
             return f"{item['name']} cannot be served: {item['problem']}"
     return None
+
+
+def _default_of(folder: Path) -> str:
+    try:
+        record = json.loads((folder / "model.json").read_text())
+        return record["defaultVersion"]["name"].rsplit("/", 1)[-1]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
