@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -69,8 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 SPLIT_VARIANTS = {
     "ours": "ours, as after a load (cache filled by load_csv)",
-    "ours_cold": "ours, cold (first split builds the cache)",
-    "ours_warm": "ours, warm (cache built)",
     "ours_cache_rebuild": "ours, table changed since load (cache rebuilt)",
     "vectorised_udf": "vectorised UDF, no cache",
 }
@@ -85,34 +84,28 @@ def splits_rows(result: dict) -> list[Row]:
             if isinstance(value, dict) and "median" in value and name != "per_row_udf"]
 
 
-_OURS = ("ours", "covertype", "onnx")
-_THEIRS = ("mlflow", "baseline")
+SERVE_METRICS = {"requests_per_s": "requests/s", "p50_ms": "p50 ms", "p99_ms": "p99 ms"}
+_TARGET = re.compile(r"^(?P<name>.*?)\s*\((?P<op>>=|<=|>|<)\s*(?P<bound>[\d.]+)\)$")
+_COMPARE = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
 
 def serve_rows(result: dict) -> list[Row]:
-    """bench_serve.run: pair each measurement of ours with MLflow's by the rest of its path."""
-    pairs: dict[tuple, dict] = {}
-    for path, value in _leaves(result):
-        lowered = [str(part).lower() for part in path]
-        side = ("ours" if any(key in part for part in lowered for key in _OURS) else
-                "baseline" if any(key in part for part in lowered for key in _THEIRS) else None)
-        if side:
-            key = tuple(part for part, low in zip(path, lowered, strict=True)
-                        if not any(k in low for k in _OURS + _THEIRS))
-            pairs.setdefault(key, {})[side] = value
-    return [Row("serve", " ".join(map(str, key)) or "value", pair.get("ours"),
-                pair.get("baseline"), digits=1) for key, pair in pairs.items()]
-
-
-def _leaves(value: object, path: tuple = ()) -> list[tuple[tuple, object]]:
-    """(path, measurement) for every stats dict (has 'median') or number below `value`."""
-    if isinstance(value, dict) and "median" in value:
-        return [(path, value)]
-    if isinstance(value, dict):
-        return [leaf for key, item in value.items() for leaf in _leaves(item, (*path, key))]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [(path, value)]
-    return []
+    """bench_serve.run: each cell's covertype vs MLflow numbers, then that module's targets."""
+    rows = [Row("serve", f"{cell}, {label}", servers["covertype"][metric],
+                servers["mlflow"][metric], digits=2)
+            for cell, servers in result.items()
+            if isinstance(servers, dict) and {"covertype", "mlflow"} <= servers.keys()
+            for metric, label in SERVE_METRICS.items()]
+    for name, value in result.get("targets", {}).items():
+        match = _TARGET.match(name)
+        if match and isinstance(value, int | float):
+            met = _COMPARE[match["op"]](float(value), float(match["bound"]))
+            rows.append(Row("serve", f"target: {match['name']}", float(value),
+                            target=f"{match['op']} {match['bound']}", met=met))
+    failed = result.get("setup", {}).get("failed requests", "none")
+    if failed != "none":
+        rows.append(Row("serve", f"FAILED requests: {failed}"))
+    return rows
 
 
 def run_benchmarks(args: argparse.Namespace, workdir: Path,

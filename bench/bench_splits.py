@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -105,6 +106,7 @@ def run(rows_csv: str, repeats: int = 5) -> dict:
         if len({tuple(s) for s in sizes.values()}) != 1:
             raise AssertionError(f"the variants disagree on the split sizes: {sizes}")
     result = {"rows": rows, "repeats": repeats, "load_seconds": round(load_seconds, 3),
+              "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
               "split_rows": dict(zip(schema.SPLIT_LOTS, sizes["ours"], strict=True))}
     result.update({name: _stats(values) for name, values in seconds.items()})
     baseline = result["per_row_udf"]["median"]

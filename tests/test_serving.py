@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +33,14 @@ from sklearn.neighbors import NearestCentroid
 from pipeline import schema
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import registry_dir
-from pipeline.local.prediction import MAX_BODY_BYTES, ONNX_FILE, VERDICT_FILE, verification_rows
+from pipeline.local.prediction import (
+    MAX_BODY_BYTES,
+    ONNX_FILE,
+    VERDICT_FILE,
+    PredictionError,
+    prepare_fast_path,
+    verification_rows,
+)
 from pipeline.local.registry import Registry
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
@@ -213,6 +221,23 @@ def test_falls_back_to_scikit_learn(client, registry, folders, models, sample, m
     assert f"projects/local/models/{model}/versions/v1: serving with sklearn" in caplog.text
 
 
+def test_prepare_fast_path_for_a_deploy_step(folders, home, tmp_path) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    shutil.copy(folders["good"] / "model.pkl", staged)
+    verdict = prepare_fast_path(staged / "model.pkl", home / "cache")
+    assert verdict["path"] == "onnx" and (staged / ONNX_FILE).exists()
+    written = (staged / VERDICT_FILE).stat().st_mtime_ns
+    assert prepare_fast_path(staged / "model.pkl", home / "cache") == verdict  # kept, not redone
+    assert (staged / VERDICT_FILE).stat().st_mtime_ns == written
+    shutil.copy(folders["nearest"] / "model.pkl", staged)  # a new artifact: checked again
+    assert prepare_fast_path(staged / "model.pkl", home / "cache")["path"] == "sklearn"
+    assert sorted(path.name for path in staged.iterdir()) == [VERDICT_FILE, "model.pkl"]
+    (staged / "model.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(PredictionError, match=r"model\.pkl cannot be loaded \(UnpicklingError"):
+        prepare_fast_path(staged / "model.pkl", home / "cache")
+
+
 def test_hot_reload_of_a_new_version_and_of_set_default(client, registry, folders, models,
                                                          sample) -> None:
     _deploy(registry, "reload", "v1", folders["good"])
@@ -229,6 +254,12 @@ def test_hot_reload_of_a_new_version_and_of_set_default(client, registry, folder
     assert client.post("/v1/projects/local/models/reload/versions/v2:setDefault").status_code == 200
     response = client.post(PREDICT.format("reload"), json=instances)
     assert response.json()["predictions"] == other and response.headers["X-Model-Version"] == "v2"
+    model_json = registry.root / "reload" / "model.json"  # edited in place, etag kept
+    record = json.loads(model_json.read_text())
+    record["defaultVersion"]["name"] = "projects/local/models/reload/versions/v1"
+    model_json.write_text(json.dumps(record))
+    response = client.post(PREDICT.format("reload"), json=instances)
+    assert response.json()["predictions"] == good and response.headers["X-Model-Version"] == "v1"
 
 
 def test_google_api_client_predicts(server, sample, models,
@@ -356,7 +387,7 @@ BODIES = (st.fixed_dictionaries({"instances": st.lists(INSTANCE, max_size=4)})
           | VALUES | st.binary(max_size=40))
 
 
-@settings(max_examples=400, deadline=None, database=None,
+@settings(max_examples=1500, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=BODIES)
 def test_fuzzed_bodies_never_fail_the_server(client, body) -> None:
@@ -377,9 +408,10 @@ def test_fuzzed_bodies_never_fail_the_server(client, body) -> None:
 
 def test_hand_edited_registry_serves_what_is_valid(client, registry, folders) -> None:
     root = registry.root
-    for model in ("no_artifact", "dangling", "corrupt", "half"):
+    for model in ("no_artifact", "dangling", "corrupt", "half", "unpickled"):
         _deploy(registry, model, "v1", folders["good"])
     (root / "no_artifact" / "versions" / "v1" / "model.pkl").unlink()
+    (root / "unpickled" / "versions" / "v1" / "model.pkl").write_bytes(b"garbage")
     record = json.loads((root / "dangling" / "model.json").read_text())
     record["defaultVersion"] = {"name": "projects/local/models/dangling/versions/v9"}
     (root / "dangling" / "model.json").write_text(json.dumps(record))
@@ -400,6 +432,9 @@ def test_hand_edited_registry_serves_what_is_valid(client, registry, folders) ->
         "/v1/projects/local/models/half/versions/v2:predict": "projects/local/models/half/"
         "versions/v2 cannot be served: version.json is missing or not a JSON object "
         "(FileNotFoundError); delete the version folder and deploy it again",
+        "/v1/projects/local/models/unpickled:predict": "version projects/local/models/unpickled/"
+        "versions/v1 cannot be loaded (UnpicklingError: pickle data was truncated); deploy the "
+        "model again",
     }
     for path, error in expected.items():
         response = client.post(path, json={"instances": [GOOD]})
@@ -430,7 +465,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_serve_under_load_while_a_new_default_is_deployed(home, registry, folders, models,
-                                                          sample) -> None:
+                                                          sample, client) -> None:
     _deploy(registry, "load", "v1", folders["good"])
     port = _free_port()
     log = home / "serve.log"
@@ -451,6 +486,7 @@ def test_serve_under_load_while_a_new_default_is_deployed(home, registry, folder
                               capture_output=True, text=True)
         assert busy.returncode == 2 and busy.stderr.startswith(
             f"covertype: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
+        _same_answers(url, client)
         _load(url, process.pid, registry, folders, models, sample)
     finally:
         process.terminate()
@@ -458,6 +494,25 @@ def test_serve_under_load_while_a_new_default_is_deployed(home, registry, folder
     lines = log.read_text().splitlines()
     assert any(re.fullmatch(r".* covertype\.serve POST /v1/projects/local/models/load:predict 200 "
                             r"\d+\.\d ms", line) for line in lines)
+
+
+def _same_answers(url: str, client: httpx.Client) -> None:
+    """`covertype serve` (predict shortcut past FastAPI) answers as the app's routes do."""
+    good = json.dumps({"instances": [GOOD, OBJECT]}).encode()
+    requests = [("POST", PREDICT.format("load"), good),
+                ("POST", "/v1/projects/local/models/load/versions/v1:predict", good),
+                ("POST", PREDICT.format("load"), b"{not json"),
+                ("POST", PREDICT.format("load"), b" " * (MAX_BODY_BYTES + 1)),
+                ("POST", "/v1/projects/local/models/load/versions/v7:predict", good),
+                ("POST", PREDICT.format("absent"), good),
+                ("POST", "/v1/projects/other/models/load:predict", good),
+                ("GET", PREDICT.format("load"), b""),
+                ("GET", "/v1/projects/local/models/load", b"")]
+    with httpx.Client(base_url=url) as served:
+        for method, path, body in requests:
+            ours, app = (http.request(method, path, content=body) for http in (served, client))
+            assert (ours.status_code, ours.headers.get("X-Model-Version"), ours.content) == (
+                app.status_code, app.headers.get("X-Model-Version"), app.content), path
 
 
 def _load(url: str, pid: int, registry: Registry, folders: dict, models: dict,

@@ -223,23 +223,42 @@ def load_predictor(record: dict, artifact: Path, cache_dir: Path) -> Predictor:
     Raises:
         PredictionError: the artifact does not load.
     """
-    try:
-        if artifact.name.endswith(".joblib"):
-            import joblib
-
-            model = joblib.load(artifact)
-        else:
-            with open(artifact, "rb") as stream:
-                model = pickle.load(stream)
-    except Exception as error:  # anything a broken or hand-replaced pickle raises
-        raise PredictionError(f"version {record['name']} cannot be loaded ({type(error).__name__}"
-                              f": {_one_line(error)}); deploy the model again") from None
+    model = _load_model(artifact, f"version {record['name']}")
     session, verdict = _fast_path(model, artifact, cache_dir)
     predictor = Predictor(record["name"], record.get("etag", ""), artifact, model, session,
                           verdict)
     log.log(logging.INFO if session is not None else logging.WARNING, "%s: serving with %s (%s)",
             record["name"], predictor.path, verdict["reason"])
     return predictor
+
+
+def prepare_fast_path(artifact: Path, cache_dir: Path | None = None) -> dict:
+    """Verify (or re-use) the fast path of an artifact and store it beside it; the verdict.
+
+    For a deploy step: called on a staged version folder, before it becomes visible, it saves
+    the first request the conversion and check (~0.3 s). `cache_dir` keeps the verification
+    rows (default `<home>/cache`).
+
+    Raises:
+        PredictionError: the artifact does not load.
+    """
+    from pipeline.local.home import local_home
+
+    model = _load_model(artifact, str(artifact))
+    return _fast_path(model, artifact, cache_dir or local_home() / "cache")[1]
+
+
+def _load_model(artifact: Path, what: str) -> Any:
+    try:
+        if artifact.name.endswith(".joblib"):
+            import joblib
+
+            return joblib.load(artifact)
+        with open(artifact, "rb") as stream:
+            return pickle.load(stream)
+    except Exception as error:  # anything a broken or hand-replaced pickle raises
+        raise PredictionError(f"{what} cannot be loaded ({type(error).__name__}: "
+                              f"{_one_line(error)}); deploy the model again") from None
 
 
 def read_verdict(version_dir: Path) -> dict | None:
@@ -271,6 +290,8 @@ def _fast_path(model: Any, artifact: Path, cache_dir: Path) -> tuple[Any, dict]:
     try:
         if onnx_bytes is not None:
             _write_atomic(artifact.parent / ONNX_FILE, onnx_bytes)
+        else:
+            (artifact.parent / ONNX_FILE).unlink(missing_ok=True)
         _write_atomic(artifact.parent / VERDICT_FILE,
                       json.dumps(verdict, indent=1, sort_keys=True).encode())
     except OSError as error:  # the version was deleted meanwhile: serve from memory
