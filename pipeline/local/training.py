@@ -382,10 +382,18 @@ class _JobRun:
         output = {"completedTrialCount": "0", "consumedMLUnits": 0.0, "trials": [],
                   "isHyperparameterTuningJob": True, "hyperparameterMetricTag": spec.metric_tag}
         self.job["trainingOutput"] = output
-        started = failed = 0
+        started = failed = told = 0
         last_error = ""
+        finished: dict[int, tuple[Suggestion, float | None]] = {}
         while True:
             while len(self.processes) < spec.max_parallel_trials:
+                # Trial k is proposed from exactly trials 1..k-maxParallelTrials, told in order,
+                # so the proposals do not depend on which parallel trial happened to end first.
+                while told < started + 1 - spec.max_parallel_trials and told in finished:
+                    tuner.tell(*finished.pop(told))
+                    told += 1
+                if told < started + 1 - spec.max_parallel_trials:
+                    break
                 suggestion = tuner.ask()
                 if suggestion is None:
                     break
@@ -396,7 +404,7 @@ class _JobRun:
             for process in self._wait_any():
                 objective, error = self._trial_result(process, spec.metric_tag)
                 self._finish_trial(process, "FAILED" if error else "SUCCEEDED", objective, error)
-                tuner.tell(process.suggestion, objective)
+                finished[process.suggestion.number] = (process.suggestion, objective)
                 if error:
                     failed += 1
                     last_error = f"trial {_trial_id(process)}: {error}"
