@@ -142,7 +142,10 @@ def test_versions_default_resolve_and_stamp(registry: Registry, artifacts: dict)
     assert first["name"] == "projects/local/models/m/versions/v1"
     assert first["framework"] == "SCIKIT_LEARN" and first["runtimeVersion"] == "1.15"
     folder = registry.root / "m" / "versions" / "v1"
-    assert sorted(path.name for path in folder.iterdir()) == ["model.pkl", "version.json"]
+    # the artifact, its record, and the ONNX fast path made and verified at deploy time
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "fastpath.json", "model.onnx", "model.pkl", "version.json"]
+    assert json.loads((folder / "fastpath.json").read_text())["path"] == "onnx"
     assert _bytes(folder)["model.pkl"] == (artifacts["good"] / "model.pkl").read_bytes()
     assert "isDefault" not in json.loads((folder / "version.json").read_text())
     second = registry.create_version("m", {"name": "v2",

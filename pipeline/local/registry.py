@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import LOCAL_PROJECT_ID, registry_dir
+from pipeline.local.prediction import prepare_fast_path
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 PROJECT_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -152,7 +153,10 @@ class Registry:
         except FileNotFoundError:
             raise NotFound(f"model {model} was deleted meanwhile; create it again") from None
         try:
-            _verify_artifact(_copy_artifact(uri, staging), uri)
+            artifact = _copy_artifact(uri, staging)
+            _verify_artifact(artifact, uri)
+            # The ONNX fast path is made and checked now, before the version is visible.
+            prepare_fast_path(artifact, self.root.parent / "cache")
             _write_json(staging / "version.json", record)
             with self._locked():
                 model_record = self._read_model(model)
