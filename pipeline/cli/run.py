@@ -154,6 +154,9 @@ def print_summary(console: Console, record: RunRecord) -> None:
                       f"threshold {summary.threshold} -> {verdict}")
     if summary.deployed_version:
         console.print(f"Deployed: [bold]{summary.deployed_version}[/]")
+        console.print("Serve it with `covertype serve` (make serve): POST /v1/"
+                      f"{summary.deployed_version.rsplit('/versions/', 1)[0]}:predict; "
+                      "runs at http://127.0.0.1:8080/", markup=False)
     else:
         console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
     console.print(f"Run folder: {store.folder(record.run_id)}")
