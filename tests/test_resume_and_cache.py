@@ -70,6 +70,19 @@ def _trial_running(home: Path) -> bool:
             and any(home.glob("jobs/*/trial-1.log")))
 
 
+def _processes_of(home: Path) -> list[int]:
+    """Processes (trials, trainer zygotes, steps) still working for this local home."""
+    marker = f"COVERTYPE_HOME={home}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path, compiled_package):
     home = tmp_path / "home"
     args = [COVERTYPE, "run", "--local", "--package", str(compiled_package), "--rows", ROWS,
@@ -86,10 +99,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path, compiled_pa
     assert f"covertype run --local --resume {record.run_id}" in record.message
     shown = covertype(home, "runs", "show", record.run_id)
     assert "Interrupted" in shown.stdout
-    _wait_for(lambda: not any(  # the trials died with the killed service
-        "trainer_image/train.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-        for pid in os.listdir("/proc") if pid.isdigit() and Path(f"/proc/{pid}/cmdline").exists()
-        and str(home) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")), timeout=10)
+    _wait_for(lambda: not _processes_of(home), timeout=10)  # trials died with the service
     for path in (home / "gcs").rglob("*"):  # nothing half-written is visible
         assert not path.name.startswith(".") and not path.name.endswith(".tmp"), path
 

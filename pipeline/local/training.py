@@ -10,6 +10,9 @@ CANCELLED trial its reason and log tail; the API's Job carries only ml v1 fields
 
 Any `masterConfig.imageUri` runs the trainer image's entrypoint from this checkout
 (`python -u trainer_image/train.py`); worker/parameter-server replicas are not started.
+Such a `python -u <script.py>` entrypoint is forked from a preloaded trainer zygote
+(pipeline/local/trainer_zygote.py) to skip ~2 s of imports per trial; if the zygote cannot
+start, or COVERTYPE_TRAINER_COLD=1, each process starts a fresh interpreter instead.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from typing import Any
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import jobs_dir
 from pipeline.local.owner import current_owner, owner_alive
+from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
 from pipeline.local.tuning import (
     Suggestion,
     Tuner,
@@ -50,6 +54,7 @@ JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 INTERRUPTED = "interrupted: the local training service that ran this job stopped; submit it again"
 POLL_SECONDS = 0.05
+COLD_ENV = "COVERTYPE_TRAINER_COLD"
 TAIL_LINES = 20
 logger = logging.getLogger(__name__)
 _LIVE_FOLDERS: set[str] = set()  # jobs being run by a service of this process
@@ -78,6 +83,9 @@ class TrainingService:
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
+        self._zygote: TrainerZygote | None = None
+        self._zygote_lock = threading.Lock()
+        self._zygote_failed = False
         self._recover()
 
     def create_job(self, project: str, body: Any) -> dict:
@@ -143,6 +151,28 @@ class TrainingService:
         self.closing.set()
         for thread in list(self._threads.values()):
             thread.join(timeout)
+        with self._zygote_lock:
+            if self._zygote:
+                self._zygote.close()
+
+    def zygote(self) -> TrainerZygote | None:
+        """The preloaded trainer zygote for a `python -u <script.py>` entrypoint (started on
+        first use, restarted if it died), or None: run a cold interpreter per process."""
+        entry = self.entrypoint
+        if (os.environ.get(COLD_ENV) == "1" or len(entry) != 3
+                or entry[:2] != (sys.executable, "-u") or not entry[2].endswith(".py")):
+            return None
+        with self._zygote_lock:
+            if self._zygote_failed or self.closing.is_set():
+                return None
+            if self._zygote is None or not self._zygote.alive:
+                try:
+                    self._zygote = TrainerZygote(entry[2], _die_with_parent)
+                except OSError as error:
+                    logger.warning("trainer zygote unavailable, trials start cold: %s", error)
+                    self._zygote_failed = True
+                    return None
+            return self._zygote
 
     def emit(self, job_id: str, event: str, **fields: Any) -> None:
         """Record an event in the job's events.jsonl, the logger and the callback."""
@@ -250,11 +280,19 @@ class _Process:
     """One trainer process (the master of a plain job, or a tuning trial)."""
 
     def __init__(self, command: list[str], env: dict[str, str], log: Path,
-                 suggestion: Suggestion | None = None) -> None:
+                 suggestion: Suggestion | None = None, zygote: TrainerZygote | None = None) -> None:
         self.log = log
         self.suggestion = suggestion
         self.metric: dict | None = None  # the trial's finalMetric, once read
         self.started = time.monotonic()
+        self.popen: subprocess.Popen | ForkedChild
+        if zygote:
+            log.write_bytes(b"")
+            try:
+                self.popen = zygote.spawn(command[3:], env, str(log))  # after python -u script
+                return
+            except OSError as error:
+                logger.warning("trainer zygote failed, starting %s cold: %s", log.stem, error)
         with open(log, "wb") as stream:
             self.popen = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env,
@@ -346,7 +384,8 @@ class _JobRun:
         if training_input.get("jobDir"):
             command.append(f"--job-dir={training_input['jobDir']}")
         env = {**os.environ, "CLOUD_ML_JOB_ID": self.job["jobId"], **env}
-        process = _Process([*command, *flags], env, self.folder / f"{name}.log", suggestion)
+        process = _Process([*command, *flags], env, self.folder / f"{name}.log", suggestion,
+                           self.service.zygote())
         self.processes.append(process)
         return process
 
