@@ -6,11 +6,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pipeline.local import data, records
 from pipeline.local.cache import StepCache
+from pipeline.local.emulator.jobs import training_service
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
@@ -109,5 +111,15 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
         on_start(record)
     cache = StepCache(cache_dir(home)) if use_cache else None
     with EmulatorServer(home) as emulator:
+        # Preload the trainer (pandas, scikit-learn) while the first steps run.
+        threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
+        threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
         return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
                            cache).run()
+
+
+def _preload_deploy_libraries() -> None:
+    """Import what the deploy step's registry check needs (it runs in this process) early."""
+    import onnxruntime  # noqa: F401
+    import skl2onnx  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
