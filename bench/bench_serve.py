@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:  # run as a script: `python bench/bench_serve.py`
 
 from bench import stats  # noqa: E402
 from pipeline import schema  # noqa: E402
+from pipeline.trainer import load_trainer  # noqa: E402
 
 MLFLOW_VENV = REPO / "bench" / ".venv-mlflow"
 MLFLOW_PIN = "mlflow==3.17.2"
@@ -243,13 +244,7 @@ def _ensure_mlflow_venv() -> Path:
 
 
 def _trainer():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("covertype_trainer",
-                                                  REPO / "trainer_image" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_trainer()
 
 
 def _free_port() -> int:

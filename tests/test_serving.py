@@ -5,8 +5,6 @@ the bundled test split; `covertype serve` runs as a subprocess for the load test
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import pickle
@@ -43,6 +41,7 @@ from pipeline.local.prediction import (
 )
 from pipeline.local.registry import Registry
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
+from pipeline.trainer import load_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "covertype.csv.gz"
@@ -59,13 +58,8 @@ class ShiftedSGD(SGDClassifier):
         return (super().predict(X) + 1) % len(schema.CLASSES)
 
 
-@functools.cache
 def _trainer():
-    spec = importlib.util.spec_from_file_location("covertype_trainer",
-                                                  REPO / "trainer_image" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_trainer()
 
 
 # fixtures ------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Tests of trainer_image/train.py (run as AI Platform runs it) and the image requirements."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -16,28 +15,14 @@ import pandas as pd
 import pytest
 
 from pipeline import schema
+from pipeline.trainer import TRAIN_PY, load_trainer
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_PY = REPO / "trainer_image" / "train.py"
 DATA = REPO / "data" / "covertype.csv.gz"
 TRAIN_ROWS, VALIDATION_ROWS = 3000, 1000
 SHARED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "gcsfs", "fsspec")
 
-
-def _load_trainer():
-    """Import train.py by path, writing no trainer_image/__pycache__ into the image context."""
-    spec = importlib.util.spec_from_file_location("covertype_trainer", TRAIN_PY)
-    module = importlib.util.module_from_spec(spec)
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
-
-
-trainer = _load_trainer()
-
+trainer = load_trainer()
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> dict[str, Path]:
@@ -49,7 +34,6 @@ def sample(tmp_path_factory) -> dict[str, Path]:
     rows.iloc[TRAIN_ROWS:].to_csv(paths["validation"], index=False)
     return paths
 
-
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
     """Environment of a trial: its own home and hypertune metric file under tmp_path."""
@@ -59,13 +43,11 @@ def env(tmp_path) -> dict[str, str]:
         "CLOUD_ML_HP_METRIC_FILE": str(tmp_path / "hypertune" / "output.metrics"),
     }
 
-
 def run_trainer(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-u", str(TRAIN_PY), *map(str, args)],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=120,
     )
-
 
 def test_hptune_reports_the_validation_accuracy(sample, env, tmp_path):
     job_dir = tmp_path / "job"
@@ -91,7 +73,6 @@ def test_hptune_reports_the_validation_accuracy(sample, env, tmp_path):
     assert f"accuracy={expected:.6f}" in result.stdout
     assert not job_dir.exists()  # a trial saves no model
 
-
 def test_final_fit_saves_a_loadable_model(sample, env, tmp_path):
     job_dir = tmp_path / "nested" / "job"
     result = run_trainer(
@@ -111,21 +92,17 @@ def test_final_fit_saves_a_loadable_model(sample, env, tmp_path):
     assert accuracy > 0.6
     assert not Path(env["CLOUD_ML_HP_METRIC_FILE"]).exists()
 
-
 def _drop_soil_type(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["Soil_Type"])
-
 
 def _bad_elevation(frame: pd.DataFrame) -> pd.DataFrame:
     frame["Elevation"] = frame["Elevation"].astype(object)
     frame.loc[4, "Elevation"] = "high"
     return frame
 
-
 def _label_seven(frame: pd.DataFrame) -> pd.DataFrame:
     frame.loc[1, schema.LABEL_COLUMN] = 7
     return frame
-
 
 @pytest.mark.parametrize(
     ("edit", "flags", "message"),
@@ -176,7 +153,6 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(sample, env, tmp_path, e
     assert list(job_dir.iterdir()) == []
     assert not Path(env["CLOUD_ML_HP_METRIC_FILE"]).exists()
 
-
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(True, True), ("True", True), ("true", True), ("YES", True), ("1", True), (1, True),
@@ -185,12 +161,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(sample, env, tmp_path, e
 def test_hptune_accepts_the_usual_bool_spellings(value, expected):
     assert trainer.parse_bool("hptune", value) is expected
 
-
 @pytest.mark.parametrize("value", ["maybe", 2, "", None])
 def test_hptune_rejects_other_values(value):
     with pytest.raises(ValueError, match="is not a boolean; pass True or False"):
         trainer.parse_bool("hptune", value)
-
 
 def test_staged_image_layout_starts_without_heavy_imports(tmp_path, env):
     """The image's WORKDIR (train.py + pipeline/{__init__,schema}.py) is enough to start."""
@@ -208,7 +182,6 @@ def test_staged_image_layout_starts_without_heavy_imports(tmp_path, env):
     imported = set(re.findall(r"\|\s+(\S+)$", result.stderr, re.MULTILINE))
     assert "pipeline.schema" in imported
     assert not imported & {"pandas", "sklearn", "fsspec", "numpy"}
-
 
 @pytest.fixture
 def gcs_bucket(env, monkeypatch):
@@ -230,7 +203,6 @@ def gcs_bucket(env, monkeypatch):
     finally:
         server.stop()
 
-
 def test_gs_paths_read_and_write_through_fsspec(sample, env, tmp_path, gcs_bucket):
     bucket, fs = gcs_bucket
     fs.put(str(sample["train"]), f"{bucket}/datasets/training/data.csv")
@@ -247,7 +219,6 @@ def test_gs_paths_read_and_write_through_fsspec(sample, env, tmp_path, gcs_bucke
     model = pickle.loads(fs.cat(f"{bucket}/jobdir/1/model.pkl"))
     assert list(model.classes_) == list(schema.CLASSES)
 
-
 def _pins(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text().splitlines():
@@ -257,7 +228,6 @@ def _pins(path: Path) -> dict[str, str]:
             assert separator, f"{path}: {line!r} is not pinned with =="
             pins[name.strip().lower().replace("_", "-")] = version.strip()
     return pins
-
 
 def test_image_requirements_pin_the_same_shared_versions():
     trainer_pins = _pins(REPO / "trainer_image" / "requirements.txt")

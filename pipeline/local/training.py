@@ -46,9 +46,9 @@ from pipeline.local.tuning import (
     parse_spec,
     seed_for,
 )
+from pipeline.trainer import TRAIN_PY
 
-TRAINER_ENTRYPOINT = (sys.executable, "-u",
-                      str(Path(__file__).resolve().parents[2] / "trainer_image" / "train.py"))
+TRAINER_ENTRYPOINT = (sys.executable, "-u", str(TRAIN_PY))
 DISCOVERY_DOCUMENT = Path(__file__).resolve().parent / "discovery" / "ml.v1.json"
 JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
