@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -51,7 +50,6 @@ class LocalRunner:
         self.on_step = on_step or (lambda step: None)
         self.on_line = on_line or (lambda step, line: None)
         self.folder = store.folder(record.run_id)
-        self._cancelled = threading.Event()
         for task, parent in workflow.walk_tasks():
             record.steps.setdefault(task["name"], StepRecord(
                 name=task["name"], template=task["template"], parent=parent,
@@ -69,7 +67,6 @@ class LocalRunner:
             self._close_pending(records.OMITTED)
             self.store.run_finished(self.record, records.FAILED, str(error))
         except BaseException:
-            self._cancelled.set()
             self._close_pending(records.OMITTED)
             self.store.run_finished(self.record, records.FAILED, "interrupted")
             raise
