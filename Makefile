@@ -58,7 +58,7 @@ images:  ## build and push the base and trainer images with Cloud Build
 	@command -v gcloud >/dev/null || { echo "gcloud not found: install the Google Cloud SDK" >&2; exit 2; }
 	@set -e; for image in base_image trainer_image; do \
 	  context=$$(mktemp -d); cp $$image/Dockerfile $$image/requirements.txt $$context/; cp $$image/*.py $$context/ 2>/dev/null || true; mkdir $$context/pipeline; \
-	  cp pipeline/__init__.py pipeline/schema.py pipeline/ml_client.py $$context/pipeline/; \
+	  cp pipeline/__init__.py pipeline/schema.py pipeline/atomic.py pipeline/errors.py pipeline/ml_client.py $$context/pipeline/; \
 	  tag=$${image^^}; tag=$${!tag:-gcr.io/$(PROJECT_ID)/$$image:latest}; \
 	  gcloud builds submit --project $(PROJECT_ID) --timeout 15m --tag $$tag $$context; \
 	  rm -r $$context; done

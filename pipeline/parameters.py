@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 
 from pipeline import schema
+from pipeline.hypertune import HypertuneSpecError, parse_spec
 
 _BQ_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _BQ_PROJECT = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]")
@@ -88,9 +89,6 @@ def validate(params: Mapping[str, str]) -> None:
 
 def validate_hypertune_settings(text: str) -> None:
     """The AI Platform TrainingInput of the tuning step, checked as the service checks it."""
-    from pipeline.local.errors import InvalidArgument
-    from pipeline.local.tuning import parse_spec
-
     try:
         settings = json.loads(text)
     except ValueError as error:
@@ -101,7 +99,7 @@ def validate_hypertune_settings(text: str) -> None:
              "(AI Platform TrainingInput)")
     try:
         parse_spec(settings["hyperparameters"])
-    except InvalidArgument as error:
+    except HypertuneSpecError as error:
         raise ParameterError(f"hypertune_settings: {error}") from None
 
 

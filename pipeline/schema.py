@@ -62,6 +62,10 @@ SPLIT_LOTS: dict[str, tuple[int, ...]] = {
     "testing": (9,),
 }
 
+# File names of a scikit-learn model in a deployment folder, as AI Platform Prediction (and
+# Vertex AI's scikit-learn serving) looks for them; the trainer writes the first.
+MODEL_ARTIFACT_NAMES: tuple[str, ...] = ("model.pkl", "model.joblib")
+
 # Metrics the evaluator computes; all are bounded to [0, 1]. Multi-class ones are macro.
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
 

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from googleapiclient.errors import HttpError
 
+from pipeline.hypertune import HypertuneSpecError, parse_spec
 from pipeline.local.actions.train import train
 from pipeline.local.emulator.server import EmulatorServer
-from pipeline.local.errors import InvalidArgument
 from pipeline.local.home import jobs_dir
-from pipeline.local.tuning import Tuner, parse_spec, seed_for
+from pipeline.local.tuning import Tuner, seed_for
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,6 +408,6 @@ def test_tuner_values_flags_and_reproducibility() -> None:
     tuner = Tuner(reverse, 7)
     values = [tuner.ask().values["r"] for _ in range(400)]
     assert all(1 <= v <= 100 for v in values) and sum(v > 50 for v in values) > 300
-    with pytest.raises(InvalidArgument, match="discreteValues must be in strictly increasing"):
+    with pytest.raises(HypertuneSpecError, match="discreteValues must be in strictly increasing"):
         parse_spec(_hyper({"parameterName": "m", "type": "DISCRETE", "discreteValues": [2, 1]}))
 

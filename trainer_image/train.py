@@ -15,10 +15,10 @@ import math
 import os
 import pickle
 import sys
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from pipeline import schema
+from pipeline.atomic import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,8 +122,8 @@ def _report_metric(value: float, global_step: int) -> None:
 def save_model(model: Pipeline, job_dir: str) -> str:
     """Pickle the model as `model.pkl` in job_dir; return its URI.
 
-    Local writes go to a temp file in the same folder, then `os.replace`, so a killed trainer
-    never leaves a half-written model. A GCS object becomes visible only once fully uploaded.
+    Local writes are atomic (`pipeline.atomic`), so a killed trainer never leaves a
+    half-written model. A GCS object becomes visible only once fully uploaded.
     """
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
@@ -135,18 +135,7 @@ def save_model(model: Pipeline, job_dir: str) -> str:
         with fs.open(folder.rstrip("/") + "/" + MODEL_FILENAME, "wb") as stream:
             stream.write(payload)
         return uri
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            os.fchmod(stream.fileno(), 0o644)  # mkstemp makes it owner-only
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_path, os.path.join(folder, MODEL_FILENAME))
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    write_atomic(os.path.join(folder, MODEL_FILENAME), payload, durable=True)
     return uri
 
 

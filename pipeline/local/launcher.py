@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.atomic import write_atomic
 from pipeline.settings import COMPONENTS_DIR
 
 STEP_ROOT_ENV = "COVERTYPE_STEP_ROOT"
@@ -51,13 +52,6 @@ def parse_command_line(argv: list[str]) -> tuple[str, str, str, dict[str, str]]:
                                               zip(rest[::2], rest[1::2], strict=True)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def launch(argv: list[str]) -> dict[str, str]:
     """Run one component action and write its outputs; return them."""
     ui_metadata_path, module, action, inputs = parse_command_line(argv)
@@ -65,11 +59,11 @@ def launch(argv: list[str]) -> dict[str, str]:
     outputs = getattr(executor, action)(**inputs)
     root = Path(os.environ.get(STEP_ROOT_ENV, "/"))
     for name, path in _file_outputs()[(module, action)].items():
-        _write_atomic(root / path.lstrip("/"), str(outputs[name]))
+        write_atomic(root / path.lstrip("/"), str(outputs[name]))
     rows = "".join(f"| {name} | {outputs[name]} |\n" for name in _file_outputs()[(module, action)])
     source = f"# {module} {action}\n| output | value |\n|---|---|\n{rows}"
     metadata = {"outputs": [{"type": "markdown", "storage": "inline", "source": source}]}
-    _write_atomic(Path(ui_metadata_path), json.dumps(metadata))
+    write_atomic(Path(ui_metadata_path), json.dumps(metadata))
     return outputs
 
 

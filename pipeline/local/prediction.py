@@ -15,13 +15,12 @@ present, so labelled rows can be sent as they are, and is ignored).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 import pickle
 import time
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import schema
+from pipeline.atomic import write_atomic
+from pipeline.errors import one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +90,7 @@ def parse_instances(raw: bytes) -> Instances:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as error:
-        raise PredictionError(f"the request body is not valid JSON ({_one_line(error)}); send "
+        raise PredictionError(f"the request body is not valid JSON ({one_line(error)}); send "
                               '{"instances": [...]}') from None
     if type(body) is not dict:
         raise PredictionError(f"the request body is {_describe(body)}; send a JSON object "
@@ -214,7 +215,7 @@ class Predictor:
             return self._session.run([self._output], feeds)[0].ravel().tolist()
         except Exception as error:  # whatever the model raises on this input
             raise PredictionError(f"Prediction failed: {type(error).__name__}: "
-                                  f"{_one_line(error)}") from None
+                                  f"{one_line(error)}") from None
 
 
 def load_predictor(record: dict, artifact: Path, cache_dir: Path) -> Predictor:
@@ -258,7 +259,7 @@ def _load_model(artifact: Path, what: str) -> Any:
             return pickle.load(stream)
     except Exception as error:  # anything a broken or hand-replaced pickle raises
         raise PredictionError(f"{what} cannot be loaded ({type(error).__name__}: "
-                              f"{_one_line(error)}); deploy the model again") from None
+                              f"{one_line(error)}); deploy the model again") from None
 
 
 def read_verdict(version_dir: Path) -> dict | None:
@@ -284,19 +285,19 @@ def _fast_path(model: Any, artifact: Path, cache_dir: Path) -> tuple[Any, dict]:
                 return _session(onnx_bytes), verdict
         except Exception as error:  # a missing or damaged model.onnx: check again
             log.warning("%s: %s unusable (%s); verifying again", artifact.parent, ONNX_FILE,
-                        _one_line(error))
+                        one_line(error))
     verdict, onnx_bytes = build_fast_path(model, verification_rows(cache_dir))
     verdict = {**verdict, "key": key}
     try:
         if onnx_bytes is not None:
-            _write_atomic(artifact.parent / ONNX_FILE, onnx_bytes)
+            write_atomic(artifact.parent / ONNX_FILE, onnx_bytes)
         else:
             (artifact.parent / ONNX_FILE).unlink(missing_ok=True)
-        _write_atomic(artifact.parent / VERDICT_FILE,
+        write_atomic(artifact.parent / VERDICT_FILE,
                       json.dumps(verdict, indent=1, sort_keys=True).encode())
     except OSError as error:  # the version was deleted meanwhile: serve from memory
         log.warning("%s: cannot keep the fast path verdict (%s)", artifact.parent,
-                    _one_line(error))
+                    one_line(error))
     return (_session(onnx_bytes) if onnx_bytes is not None else None), verdict
 
 
@@ -314,7 +315,7 @@ def build_fast_path(model: Any, rows: VerificationRows) -> tuple[dict, bytes | N
         reference = np.asarray(model.predict(rows.instances.frame()))
     except Exception as error:  # a model that cannot take the schema's frame
         return {**verdict, "reason": f"the model fails on the verification rows "
-                f"({type(error).__name__}: {_one_line(error)})"}, None
+                f"({type(error).__name__}: {one_line(error)})"}, None
     failures = []
     for tensor, raw_scores in _CONVERSIONS:
         try:
@@ -323,7 +324,7 @@ def build_fast_path(model: Any, rows: VerificationRows) -> tuple[dict, bytes | N
                                {"tensorType": tensor}).predict(rows.instances)
         except Exception as error:  # skl2onnx refuses many estimators; that is a fallback
             failures.append(f"{tensor} tensors{' raw' if raw_scores else ''}: "
-                            f"{type(error).__name__}: {_one_line(error)[:200]}")
+                            f"{type(error).__name__}: {one_line(error)[:200]}")
             continue
         agreeing = int(np.sum(np.asarray(labels) == reference))
         if agreeing == len(reference):
@@ -384,10 +385,9 @@ def verification_rows(cache_dir: Path) -> VerificationRows:
     except (OSError, ValueError, KeyError):
         numeric, categorical = _test_split()
         cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(temporary, "wb") as stream:
-            np.savez(stream, numeric=numeric, categorical=categorical.astype(str))
-        os.replace(temporary, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, numeric=numeric, categorical=categorical.astype(str))
+        write_atomic(path, buffer.getvalue())
     test_rows = numeric.shape[1]
     edge_numeric, edge_categorical = _edge_rows(numeric[:, :100], categorical[:, :100])
     numeric = np.concatenate([numeric, edge_numeric], axis=1)
@@ -456,14 +456,3 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -6,7 +6,6 @@ CLI, the run browser) never sees half a record, and a killed run leaves its last
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_atomic
 from pipeline.local.home import runs_dir
 from pipeline.local.owner import current_owner, owner_alive
 
@@ -101,11 +101,8 @@ class RunStore:
     def save(self, record: RunRecord) -> None:
         """Persist the record atomically (write a temp file, then rename)."""
         with self._lock:
-            folder = self.folder(record.run_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f".{RUN_FILE}.{os.getpid()}.tmp"
-            temporary.write_text(json.dumps(asdict(record), indent=1))
-            os.replace(temporary, folder / RUN_FILE)
+            write_atomic(self.folder(record.run_id) / RUN_FILE,
+                         json.dumps(asdict(record), indent=1))
 
     def step_started(self, record: RunRecord, step: StepRecord) -> None:
         step.status, step.start, step.end, step.duration_s = RUNNING, _now(), "", None

@@ -29,13 +29,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import schema
+from pipeline.atomic import write_atomic
+from pipeline.errors import one_line
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import LOCAL_PROJECT_ID, registry_dir
 from pipeline.local.prediction import prepare_fast_path
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 PROJECT_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
-ARTIFACT_NAMES = ("model.pkl", "model.joblib")
+ARTIFACT_NAMES = schema.MODEL_ARTIFACT_NAMES
 TENSORFLOW_NAMES = ("saved_model.pb", "saved_model.pbtxt")
 FRAMEWORK = "SCIKIT_LEARN"
 DEFAULT_REGION = "us-central1"
@@ -349,7 +352,7 @@ def _copy_artifact(uri: str, staging: Path) -> Path:
                                      "holding model.pkl or model.joblib")
         names = {path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
     except (OSError, ValueError, ImportError) as error:
-        raise FailedPrecondition(f"cannot list deploymentUri {uri} ({_one_line(error)}); check "
+        raise FailedPrecondition(f"cannot list deploymentUri {uri} ({one_line(error)}); check "
                                  "the path and its credentials") from None
     found = [name for name in ARTIFACT_NAMES if name in names]
     if not found and names & set(TENSORFLOW_NAMES):
@@ -378,7 +381,7 @@ def _verify_artifact(artifact: Path, uri: str) -> None:
                 estimator = pickle.load(stream)
     except Exception as error:  # anything a broken pickle raises
         raise FailedPrecondition(f"{uri}/{artifact.name} does not load "
-                                 f"({type(error).__name__}: {_one_line(error)}); save the fitted "
+                                 f"({type(error).__name__}: {one_line(error)}); save the fitted "
                                  "model again with pickle or joblib") from None
     if not callable(getattr(estimator, "predict", None)):
         raise FailedPrecondition(f"{uri}/{artifact.name} holds a {type(estimator).__name__}, "
@@ -412,9 +415,7 @@ def _version_name(model: str, version: str) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _etag() -> str:
@@ -423,7 +424,3 @@ def _etag() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

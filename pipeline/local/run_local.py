@@ -12,12 +12,12 @@ from pathlib import Path
 
 from pipeline.local import data, records
 from pipeline.local.cache import StepCache
-from pipeline.local.emulator.jobs import training_service
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
 from pipeline.local.records import RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
+from pipeline.local.services import training_service
 from pipeline.local.storage import configure_storage_emulator
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters

@@ -24,7 +24,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,19 +32,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_atomic
+from pipeline.hypertune import HypertuneSpecError, TuningSpec, parse_spec
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import jobs_dir
 from pipeline.local.owner import current_owner, owner_alive
 from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
-from pipeline.local.tuning import (
-    Suggestion,
-    Tuner,
-    TuningSpec,
-    best_first,
-    final_metric,
-    parse_spec,
-    seed_for,
-)
+from pipeline.local.tuning import Suggestion, Tuner, best_first, final_metric, seed_for
 from pipeline.trainer import TRAIN_PY
 
 TRAINER_ENTRYPOINT = (sys.executable, "-u", str(TRAIN_PY))
@@ -236,7 +229,10 @@ def _validate(body: Any) -> tuple[str, dict, TuningSpec | None]:
     if not isinstance(training_input.get("jobDir", ""), str):
         raise InvalidArgument("trainingInput.jobDir must be a string path or gs:// URI")
     hyperparameters = training_input.get("hyperparameters")
-    spec = parse_spec(hyperparameters) if hyperparameters is not None else None
+    try:
+        spec = parse_spec(hyperparameters) if hyperparameters is not None else None
+    except HypertuneSpecError as error:
+        raise InvalidArgument(str(error)) from None
     return job_id, training_input, spec
 
 
@@ -410,7 +406,7 @@ class _JobRun:
         self.record["trialDetails"]["master"] = {"logFile": str(process.log), "exitCode": code}
         if code != 0:
             raise _Stop("FAILED", f"The replica master exited with a non-zero status of {code}. "
-                                  f"Last log lines: {_one_line(process.tail())}")
+                                  f"Last log lines: {_log_summary(process.tail())}")
 
     def _tune(self, spec: TuningSpec) -> None:
         # Seeded by what the job does (not its id or output folder): the same inputs propose
@@ -468,7 +464,7 @@ class _JobRun:
         """(objective, "") for a good trial, (None, reason) for a failed one."""
         code = process.popen.returncode
         if code != 0:
-            return None, f"exited with status {code}: {_one_line(process.tail())}"
+            return None, f"exited with status {code}: {_log_summary(process.tail())}"
         metric = final_metric(self.folder / f"{process.log.stem}.metrics", tag)
         if metric is None:
             return None, (f"reported no finite {tag!r} metric (cloudml-hypertune writes it to "
@@ -508,7 +504,8 @@ def _trial_id(process: _Process) -> str:
     return process.log.stem.removeprefix("trial-")
 
 
-def _one_line(text: str, limit: int = 600) -> str:
+def _log_summary(text: str, limit: int = 600) -> str:
+    """The last three non-blank lines of a log, joined on one line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-3:])[-limit:] or "(no output)"
 
@@ -525,13 +522,4 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write atomically: a temp file in the same folder, then os.replace."""
-    handle, temp = tempfile.mkstemp(prefix=".job-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            os.fchmod(stream.fileno(), 0o644)  # mkstemp makes it owner-only
-            json.dump(data, stream, indent=1)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1))

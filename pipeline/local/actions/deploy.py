@@ -17,7 +17,7 @@ from typing import Any
 
 from googleapiclient.errors import HttpError
 
-from pipeline.local.registry import ARTIFACT_NAMES
+from pipeline import schema
 from pipeline.ml_client import ml_service
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,10 @@ def _check_model_uri(model_uri: str) -> None:
     if not is_folder:
         raise ValueError(f"model_uri {model_uri} is not a folder; pass the job_dir the trainer "
                          "saved model.pkl in, not the file")
-    if not names & set(ARTIFACT_NAMES):
-        raise ValueError(f"model_uri {model_uri} holds no {' or '.join(ARTIFACT_NAMES)}; pass "
-                         "the job_dir the trainer saved the model in")
+    if not names & set(schema.MODEL_ARTIFACT_NAMES):
+        raise ValueError(f"model_uri {model_uri} holds no "
+                         f"{' or '.join(schema.MODEL_ARTIFACT_NAMES)}; pass the job_dir the "
+                         "trainer saved the model in")
 
 
 def _flag(value: str | bool, name: str) -> bool:

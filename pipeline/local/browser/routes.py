@@ -15,10 +15,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 
 from pipeline.local import records
 from pipeline.local.browser import views
-from pipeline.local.emulator.jobs import training_service
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import LOCAL_PROJECT_ID, runs_dir
 from pipeline.local.records import RunRecord, RunStore
+from pipeline.local.services import training_service
 from pipeline.local.summary import EVALUATE_STEP, RunSummary, step_output
 
 router = APIRouter(include_in_schema=False)

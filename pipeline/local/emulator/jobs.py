@@ -7,27 +7,15 @@ interrupted, and their trial processes are killed).
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.local.errors import InvalidArgument
-from pipeline.local.training import TrainingService
+from pipeline.local.services import training_service
 
 router = APIRouter()
-_service_lock = threading.Lock()
-
-
-def training_service(app: FastAPI) -> TrainingService:
-    """The app's TrainingService, created on first use and closed at shutdown."""
-    with _service_lock:
-        service = getattr(app.state, "training", None)
-        if service is None:
-            service = app.state.training = TrainingService(app.state.home)
-            app.router.on_shutdown.append(service.close)
-    return service
 
 
 @router.post("/v1/projects/{project}/jobs")

@@ -17,8 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.local.errors import InvalidArgument
-from pipeline.local.home import registry_dir
-from pipeline.local.registry import Registry
+from pipeline.local.services import registry
 
 router = APIRouter(prefix="/v1/projects/{project}/models")
 
@@ -26,17 +25,9 @@ _TYPE = "type.googleapis.com/google.cloud.ml.v1."
 _EMPTY = {"@type": "type.googleapis.com/google.protobuf.Empty"}
 
 
-def _registry(request: Request) -> Registry:
-    """The app's registry, made on first use over the app's home folder."""
-    state = request.app.state
-    if getattr(state, "registry", None) is None:
-        state.registry = Registry(registry_dir(state.home))
-    return state.registry
-
-
 async def _call(request: Request, method: str, *args: Any, **kwargs: Any) -> Any:
     """Run a registry method in the thread pool: it copies files and unpickles models."""
-    function: Callable[..., Any] = getattr(_registry(request), method)
+    function: Callable[..., Any] = getattr(registry(request.app), method)
     return await run_in_threadpool(function, *args, **kwargs)
 
 

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline import schema
 from pipeline.local.errors import ServiceError
-from pipeline.local.home import LOCAL_PROJECT_ID, registry_dir
+from pipeline.local.home import LOCAL_PROJECT_ID
 from pipeline.local.prediction import (
     MAX_BODY_BYTES,
     ONNX,
@@ -36,6 +36,7 @@ from pipeline.local.prediction import (
     read_verdict,
 )
 from pipeline.local.registry import ARTIFACT_NAMES, NAME_PATTERN, Registry
+from pipeline.local.services import registry
 
 
 class _RequestRoute(APIRoute):
@@ -178,9 +179,7 @@ def _served(request: Request) -> ServedModels:
     """The app's ServedModels over the same registry as the model routes."""
     state = request.app.state
     if getattr(state, "served", None) is None:
-        if getattr(state, "registry", None) is None:
-            state.registry = Registry(registry_dir(state.home))
-        state.served = ServedModels(state.registry, state.home / "cache")
+        state.served = ServedModels(registry(request.app), state.home / "cache")
     return state.served
 
 
