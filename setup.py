@@ -16,7 +16,7 @@ setup(
     "with an embedded local mode",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    package_data={"pipeline": ["components/*/component.yaml", "local/discovery/*",
+    package_data={"pipeline": ["components/**/component.yaml", "discovery/*.json", "discovery/*.md",
                                "local/browser/templates/*", "local/browser/static/*"]},
     install_requires=requirements,
     entry_points={"console_scripts": ["covertype=pipeline.cli:main"]},

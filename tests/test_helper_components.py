@@ -28,7 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from pipeline import helper_components, ml_client, schema
 
 REPO = Path(__file__).resolve().parents[1]
-DISCOVERY = REPO / "pipeline" / "local" / "discovery" / "ml.v1.json"
+DISCOVERY = REPO / "pipeline" / "discovery" / "ml.v1.json"
 DATA = REPO / "data" / "covertype.csv.gz"
 PROJECT, JOB_ID = "my-project", "hptune_1234"
 JOB_URI = f"https://ml.googleapis.com/v1/projects/{PROJECT}/jobs/{JOB_ID}?alt=json"

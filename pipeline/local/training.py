@@ -28,10 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline import discovery
 from pipeline.atomic import write_atomic
 from pipeline.hypertune import HypertuneSpecError, TuningSpec, parse_spec
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -42,7 +42,6 @@ from pipeline.local.tuning import Suggestion, Tuner, best_first, final_metric, s
 from pipeline.trainer import TRAIN_PY
 
 TRAINER_ENTRYPOINT = (sys.executable, "-u", str(TRAIN_PY))
-DISCOVERY_DOCUMENT = Path(__file__).resolve().parent / "discovery" / "ml.v1.json"
 JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 INTERRUPTED = "interrupted: the local training service that ran this job stopped; submit it again"
@@ -236,9 +235,8 @@ def _validate(body: Any) -> tuple[str, dict, TuningSpec | None]:
     return job_id, training_input, spec
 
 
-@lru_cache(maxsize=1)
 def _schemas() -> dict:
-    return json.loads(DISCOVERY_DOCUMENT.read_text(encoding="utf-8"))["schemas"]
+    return discovery.document("ml", "v1")["schemas"]
 
 
 def _check_fields(value: dict, schema: str, where: str) -> None:

@@ -1,22 +1,14 @@
 """Builds the emulator's FastAPI app: one router per ml v1 resource, errors shaped at the edge."""
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from pipeline import discovery
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import local_home
-
-DISCOVERY_DOCUMENT = Path(__file__).resolve().parents[1] / "discovery" / "ml.v1.json"
-
-
-@lru_cache(maxsize=1)
-def _discovery_document() -> dict:
-    return json.loads(DISCOVERY_DOCUMENT.read_text())
 
 
 def create_app(home: Path | None = None) -> FastAPI:
@@ -33,12 +25,12 @@ def create_app(home: Path | None = None) -> FastAPI:
         return JSONResponse(body, status_code=error.code)
 
     @app.get("/discovery/{api}/{version}", include_in_schema=False)
-    def discovery(api: str, version: str, request: Request) -> JSONResponse:
+    def discovery_route(api: str, version: str, request: Request) -> JSONResponse:
         """The real ml v1 discovery document, its rootUrl pointed at this server."""
         if (api, version) != ("ml", "v1"):
             return JSONResponse({"error": {"code": 404, "message": f"no API {api} {version}",
                                            "status": "NOT_FOUND"}}, status_code=404)
-        document = dict(_discovery_document())
+        document = dict(discovery.document("ml", "v1"))
         document["rootUrl"] = document["baseUrl"] = str(request.base_url)
         return JSONResponse(document)
 
