@@ -45,7 +45,11 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class LaunchSettings:
-    """How API runs execute: source-table rows to load, how many run at once."""
+    """How API runs execute: source-table rows to load, how many run at once.
+
+    `parallel=0` holds every run in the queue: a server that only records what clients
+    ask (the Makefile's tests of what `make run` sends to a cluster use it).
+    """
 
     rows: int = LAB_ROWS
     parallel: int = DEFAULT_PARALLEL
