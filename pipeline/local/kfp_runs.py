@@ -122,10 +122,10 @@ class RunLauncher:
                                       f"ended ({view.status})")
             if run_id in self._queue:
                 self._queue.remove(run_id)
-                self.store.update_run(run_id, terminated=True, ended={
+                self.store.update_run(run_id, terminated_at=now(), ended={
                     "status": FAILED, "message": TERMINATED_MESSAGE, "at": now()})
                 return
-            self.store.update_run(run_id, terminated=True)
+            self.store.update_run(run_id, terminated_at=now())
             process = self._running.get(run_id)
         if process is not None:
             _signal_group(process, signal.SIGINT)

@@ -74,8 +74,12 @@ class Run:
     version_name: str = ""
     service_account: str = ""
     server: dict = field(default_factory=dict)  # owner of the server that queued it
-    terminated: bool = False  # terminate was asked
+    terminated_at: str = ""  # when terminate was asked
     ended: dict = field(default_factory=dict)  # {status, message, at} when no run record says
+
+    @property
+    def terminated(self) -> bool:
+        return bool(self.terminated_at)
 
 
 Entry = TypeVar("Entry", Pipeline, Version, Experiment, Run)

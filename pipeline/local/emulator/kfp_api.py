@@ -75,8 +75,8 @@ def list_pipelines(request: Request) -> dict:
     """ListPipelines: paging, sort_by and name filters."""
     store = store_of(request)
     page, total, token = listing.page(store.list(Pipeline), request.query_params)
-    return {"pipelines": [pipeline_json(item, _default_version(store, item)) for item in page],
-            **listing.page_fields(total, token)}
+    items = [pipeline_json(item, _default_version(store, item)) for item in page]
+    return listing.listing("pipelines", items, total, token)
 
 
 @router.get(f"{API}/pipelines/{{pipeline_id}}")
@@ -111,8 +111,7 @@ def list_pipeline_versions(request: Request) -> dict:
     store = store_of(request)
     store.get(Pipeline, query["resource_key.id"])
     page, total, token = listing.page(store.versions(query["resource_key.id"]), query)
-    return {"versions": [version_json(item) for item in page],
-            **listing.page_fields(total, token)}
+    return listing.listing("versions", [version_json(item) for item in page], total, token)
 
 
 @router.get(f"{API}/pipeline_versions/{{version_id}}")
@@ -149,8 +148,8 @@ def list_experiments(request: Request) -> dict:
     """ListExperiments: paging, sort_by and name filters."""
     reference_filter(request, allowed=())
     page, total, token = listing.page(store_of(request).list(Experiment), request.query_params)
-    return {"experiments": [experiment_json(item) for item in page],
-            **listing.page_fields(total, token)}
+    items = [experiment_json(item) for item in page]
+    return listing.listing("experiments", items, total, token)
 
 
 @router.get(f"{API}/experiments/{{experiment_id}}")

@@ -27,7 +27,8 @@ Item = TypeVar("Item")
 
 def page(items: Sequence[Item], query: Mapping[str, str]) -> tuple[list[Item], int, str]:
     """(this page's items, how many match, the next page's token or "")."""
-    matching = [item for item in items if _matches(item, _predicates(query.get("filter", "")))]
+    predicates = _predicates(query.get("filter", ""))
+    matching = [item for item in items if _matches(item, predicates)]
     ordered = _sorted(matching, query.get("sort_by", ""))
     size = _page_size(query.get("page_size", ""))
     start = _offset(query.get("page_token", ""))
@@ -37,10 +38,11 @@ def page(items: Sequence[Item], query: Mapping[str, str]) -> tuple[list[Item], i
     return chunk, len(matching), token if more else ""
 
 
-def page_fields(total: int, token: str) -> dict[str, Any]:
-    """`total_size` and `next_page_token`, left out when zero or empty (proto3 JSON)."""
-    return {key: value for key, value in (("total_size", total), ("next_page_token", token))
-            if value}
+def listing(key: str, items: list[dict], total: int, token: str) -> dict[str, Any]:
+    """A list response: `key` (the items), `total_size`, `next_page_token`; empty ones are
+    left out, as proto3 JSON leaves them."""
+    return {name: value for name, value in ((key, items), ("total_size", total),
+                                            ("next_page_token", token)) if value}
 
 
 def _predicates(text: str) -> list[tuple[str, str]]:

@@ -59,9 +59,9 @@ def list_runs(request: Request) -> dict:
     runs = [run for run in store.list(Run)
             if not experiment_id or run.experiment_id == experiment_id]
     page, total, token = listing.page(runs, request.query_params)
-    return {"runs": [run_json(view_run(store, run.id), run_document(store, run.id),
-                              experiment_name(store, run.experiment_id)) for run in page],
-            **listing.page_fields(total, token)}
+    items = [run_json(view_run(store, run.id), run_document(store, run.id),
+                      experiment_name(store, run.experiment_id)) for run in page]
+    return listing.listing("runs", items, total, token)
 
 
 @router.get(f"{API}/runs/{{run_id}}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from datetime import datetime
 from typing import Any
 
 from pipeline.local import records
@@ -188,11 +189,14 @@ def _nodes(view: RunView, workflow: dict) -> dict[str, dict]:
 
 
 def _node_phase(view: RunView, step: StepRecord) -> tuple[str, str]:
-    if step.status == records.INTERRUPTED:
-        return ("Failed", TERMINATED_MESSAGE) if view.run.terminated else (
-            "Error", step.message or "the runner stopped before the step finished")
-    if step.status == records.FAILED and view.run.terminated and not step.message:
+    """A step stopped by terminate reads as Argo's terminated node: Failed, "terminated"."""
+    stopped = step.status in (records.INTERRUPTED, records.FAILED) and view.run.terminated and (
+        not step.end or datetime.fromisoformat(step.end) >= datetime.fromisoformat(
+            view.run.terminated_at))
+    if stopped:
         return "Failed", TERMINATED_MESSAGE
+    if step.status == records.INTERRUPTED:
+        return "Error", step.message or "the runner stopped before the step finished"
     return _NODE_PHASE.get(step.status, "Pending"), step.message
 
 
