@@ -84,15 +84,16 @@ def test_what_is_not_a_package_is_refused_in_one_line(name, data, message):
 
 
 def test_sizes_are_bounded(monkeypatch, tmp_path):
-    monkeypatch.setattr(package, "MAX_PACKAGE_BYTES", 64)
+    monkeypatch.setattr(package, "MAX_PACKAGE_BYTES", 400)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("pipeline.yaml", "a" * 1000)  # compresses below the limit
-    with pytest.raises(PackageError, match="expands to more than 64 bytes"):
+        archive.writestr("pipeline.yaml", "a" * 100_000)  # compresses below the limit
+    assert len(buffer.getvalue()) < 400
+    with pytest.raises(PackageError, match="expands to more than 400 bytes"):
         read_package("bomb.zip", buffer.getvalue())
     big = tmp_path / "big.yaml"
-    big.write_text("a" * 65)
-    with pytest.raises(PackageError, match="65 bytes is more than a package may hold"):
+    big.write_text("a" * 401)
+    with pytest.raises(PackageError, match="401 bytes is more than a package may hold"):
         load_package(big)
     with pytest.raises(WorkflowError, match="no such pipeline package"):
         Workflow.load(tmp_path / "missing.zip")
