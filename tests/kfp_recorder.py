@@ -37,6 +37,7 @@ class RecordedRequest:
     query: dict[str, list[str]]
     content_type: str
     body: bytes
+    host: str
 
     def json(self) -> Any:
         """The JSON body (run and experiment creates)."""
@@ -119,7 +120,7 @@ class RecordingKfpApi:
             self.requests.append(RecordedRequest(
                 scope["method"], scope["path"],
                 parse_qs(scope["query_string"].decode(), keep_blank_values=True),
-                headers.get("content-type", ""), body))
+                headers.get("content-type", ""), body, headers.get("host", "")))
             replayed = False
 
             async def replay() -> dict:

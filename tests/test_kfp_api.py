@@ -255,7 +255,14 @@ def test_responses_are_kfp_server_api_models_with_paging_and_filters(client, htt
         client.upload_pipeline(str(package), name)
     experiment = client.create_experiment("shapes")
     run = client.run_pipeline(experiment.id, "shape-run", str(package), params={"seconds": 0})
-    wait_for(client, run.id, {"Succeeded"}, timeout=300)
+    version_id = client.get_pipeline(client.get_pipeline_id("page-a")).default_version.id
+    by_version = client.run_pipeline(experiment.id, "by-version", version_id=version_id,
+                                     params={"seconds": 0})
+    for submitted in (run, by_version):
+        wait_for(client, submitted.id, {"Succeeded"}, timeout=300)
+    references = client.get_run(by_version.id).run.resource_references
+    assert [(ref.key.type, ref.key.id, ref.relationship) for ref in references] == [
+        ("EXPERIMENT", experiment.id, "OWNER"), ("PIPELINE_VERSION", version_id, "CREATOR")]
 
     substring = json.dumps({"predicates": [{"op": 9, "key": "name", "stringValue": "page-"}]})
     first = http.get(f"{API}/pipelines", params={"filter": substring, "page_size": 2,
@@ -288,7 +295,7 @@ def test_responses_are_kfp_server_api_models_with_paging_and_filters(client, htt
         assert_kfp_shape(response.json(), model)
     runs = http.get(f"{API}/runs", params={"resource_reference_key.type": "EXPERIMENT",
                                            "resource_reference_key.id": experiment.id}).json()
-    assert [item["id"] for item in runs["runs"]] == [run.id]
+    assert [item["id"] for item in runs["runs"]] == [run.id, by_version.id]
     assert http.delete(f"{API}/pipelines/{pipeline_id}").json() == {}
     assert client.get_pipeline_id("page-c") is None
 

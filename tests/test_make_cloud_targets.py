@@ -144,6 +144,10 @@ def test_run_submits_every_parameter_to_the_named_pipeline(tmp_path, api, workfl
         HEALTHZ, ("GET", f"{API}/pipelines"), ("GET", f"{API}/experiments"),
         ("POST", f"{API}/experiments"), ("POST", f"{API}/runs"), ("GET", f"{API}/runs/{run_id}"),
     ]
+    # What a security middleware checks: our own Host, JSON bodies where there is a body.
+    assert {request.host for request in api.requests} == {f"127.0.0.1:{api.port}"}
+    assert {request.content_type for request in api.requests
+            if request.method == "POST"} == {"application/json"}
     _, pipelines, experiments, create_experiment, create_run, _ = api.requests
     assert name_filter(pipelines) == PIPELINE_NAME
     assert name_filter(experiments) == EXPERIMENT_NAME
