@@ -12,9 +12,17 @@ ROWS ?= 100000
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
+# An endpoint on this machine (http://127.0.0.1:PORT or http://localhost:PORT) is taken to be
+# `covertype serve`, the local KFP API: local images are fine there, and `make run` defaults
+# PROJECT_ID to `local` and the staging path to the local storage root. A cluster reached
+# through a port-forward on localhost is not: pass LOCAL_ENDPOINT= (empty) to say so.
+LOCAL_ENDPOINT ?= $(filter 127.0.0.1 localhost,$(firstword $(subst :, ,$(patsubst http://%,%,$(INVERSE_PROXY_HOSTNAME)))))
+LOCAL_STAGING = $(shell $(BIN)/python -c 'from pipeline.local.home import storage_root; print(storage_root() / "staging")')
+
 # `make run` parameters (same names as the pipeline's, as in the lab); empty ones are not sent.
+RUN_PROJECT_ID = $(or $(PROJECT_ID),$(if $(LOCAL_ENDPOINT),local))
 REGION ?= us-central1
-GCS_STAGING_PATH ?= $(if $(ARTIFACT_STORE),$(ARTIFACT_STORE)/staging,)
+GCS_STAGING_PATH ?= $(if $(ARTIFACT_STORE),$(ARTIFACT_STORE)/staging,$(if $(LOCAL_ENDPOINT),$(LOCAL_STAGING),))
 SOURCE_TABLE ?= covertype_dataset.covertype
 DATASET_ID ?= splits
 EVALUATION_METRIC ?= accuracy
@@ -26,7 +34,7 @@ HYPERTUNE_SETTINGS ?=
 DATASET_LOCATION ?= US
 
 # Every pipeline parameter from its variable, shell-quoted; empty ones are not sent.
-RUN_PARAMETERS = $(foreach pair,project_id=PROJECT_ID gcs_root=GCS_STAGING_PATH region=REGION \
+RUN_PARAMETERS = $(foreach pair,project_id=RUN_PROJECT_ID gcs_root=GCS_STAGING_PATH region=REGION \
   source_table_name=SOURCE_TABLE dataset_id=DATASET_ID evaluation_metric_name=EVALUATION_METRIC \
   evaluation_metric_threshold=EVALUATION_METRIC_THRESHOLD model_id=MODEL_ID \
   version_id=VERSION_ID replace_existing_version=REPLACE_EXISTING_VERSION \
@@ -63,15 +71,16 @@ images:  ## build and push the base and trainer images with Cloud Build
 	  gcloud builds submit --project $(PROJECT_ID) --timeout 15m --tag $$tag $$context; \
 	  rm -r $$context; done
 
-upload: compile  ## upload $(PACKAGE) to KFP as $(PIPELINE_NAME)
+upload: compile  ## upload $(PACKAGE) to KFP as $(PIPELINE_NAME) (again: as a new version of it)
 	$(call require,INVERSE_PROXY_HOSTNAME,set it to your KFP endpoint host (Settings of the KFP instance))
-	@! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or BASE_IMAGE and TRAINER_IMAGE) and run make upload again" >&2; exit 2; }
-	$(BIN)/kfp --endpoint '$(INVERSE_PROXY_HOSTNAME)' pipeline upload \
-	  -p '$(subst ','\'',$(PIPELINE_NAME))' $(PACKAGE)
+	@$(if $(LOCAL_ENDPOINT),true,! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE)) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or BASE_IMAGE and TRAINER_IMAGE) and run make upload again" >&2; exit 2; }
+	$(BIN)/python -m pipeline.kfp_upload --endpoint '$(INVERSE_PROXY_HOSTNAME)' \
+	  --name '$(subst ','\'',$(PIPELINE_NAME))' \
+	  $(if $(PIPELINE_VERSION),--version-name '$(subst ','\'',$(PIPELINE_VERSION))') $(PACKAGE)
 
 run:  ## submit a run of $(PIPELINE_NAME) with the parameters from the environment
 	$(call require,INVERSE_PROXY_HOSTNAME,set it to your KFP endpoint host (Settings of the KFP instance))
-	$(call require,PROJECT_ID,set PROJECT_ID to your GCP project)
+	$(if $(strip $(RUN_PROJECT_ID)),,$(error PROJECT_ID is not set: set PROJECT_ID to your GCP project))
 	$(call require,GCS_STAGING_PATH,set GCS_STAGING_PATH (or ARTIFACT_STORE) to a gs:// folder)
 	@$(BIN)/python -m pipeline.parameters $(RUN_PARAMETERS)
 	$(BIN)/kfp --endpoint '$(INVERSE_PROXY_HOSTNAME)' run submit \
@@ -82,8 +91,8 @@ run:  ## submit a run of $(PIPELINE_NAME) with the parameters from the environme
 run-local: compile  ## run the compiled pipeline end to end on this machine (ROWS=all for all rows)
 	$(BIN)/covertype run --local --package $(PACKAGE) --rows $(ROWS) $(PARAMS)
 
-serve: setup  ## serve deployed models (AI Platform Prediction API) and the run browser
-	$(BIN)/covertype serve --host $(HOST) --port $(PORT)
+serve: setup  ## serve deployed models, the local KFP API (runs load ROWS rows) and the run browser
+	$(BIN)/covertype serve --host $(HOST) --port $(PORT) --rows $(ROWS)
 
 test: setup  ## lint and run the test suite
 	$(BIN)/ruff check .

@@ -1,8 +1,11 @@
 """`make upload` and `make run` drive the real `kfp` CLI; these tests check what it sends.
 
-The KFP cluster is the one fake: tests/kfp_api_stub.py records the requests on 127.0.0.1.
-make runs with a bare environment (PATH, a tmp HOME so no kfp context or kube config is read)
-and writes the compiled package into tmp_path, never the repository root.
+A KFP cluster is unreachable from tests, so the KFP API answering here is the local one of
+`covertype serve` (the same implementation `make upload`/`make run` use locally), with a
+recorder in front of it and every run held in its queue: nothing executes. `LOCAL_ENDPOINT=`
+tells the Makefile to treat the 127.0.0.1 endpoint as a cluster. make runs with a bare
+environment (PATH, a tmp HOME so no kfp context or kube config is read) and writes the
+compiled package into tmp_path, never the repository root.
 """
 import json
 import os
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kfp_api_stub import API, KfpApiStub
+from kfp_recorder import API, RecordingKfpApi
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_NAME = "covertype_training_pipeline.yaml"
@@ -30,15 +33,18 @@ HYPERTUNE = json.dumps({"hyperparameters": {
                 "maxValue": 0.001, "scaleType": "UNIT_LINEAR_SCALE"}]}})
 
 
-def make(target: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run `make target` in the repository with only `env` set, the package under tmp_path."""
+def make(target: str, tmp_path: Path, detect: bool = False,
+         **env: str) -> subprocess.CompletedProcess:
+    """Run `make target` in the repository with only `env` set, the package under tmp_path;
+    the endpoint is taken as a cluster's unless `detect` lets the Makefile decide."""
     environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LC_ALL": "C.UTF-8",
                "COVERTYPE_HOME": str(tmp_path / "covertype"), **env}
-    return subprocess.run(["make", target, f"PACKAGE={tmp_path / PACKAGE_NAME}"], cwd=REPO,
-                          env=environ, capture_output=True, text=True, timeout=180)
+    return subprocess.run(["make", target, f"PACKAGE={tmp_path / PACKAGE_NAME}",
+                           *([] if detect else ["LOCAL_ENDPOINT="])], cwd=REPO, env=environ,
+                          capture_output=True, text=True, timeout=180)
 
 
-def calls(api: KfpApiStub) -> list[tuple[str, str]]:
+def calls(api: RecordingKfpApi) -> list[tuple[str, str]]:
     return [(request.method, request.path) for request in api.requests]
 
 
@@ -67,17 +73,19 @@ def workflow(compiled_package: Path) -> dict:
 
 
 @pytest.fixture
-def api():
-    with KfpApiStub() as stub:
-        yield stub
+def api(tmp_path):
+    with RecordingKfpApi(tmp_path / "kfp-home") as recording:
+        yield recording
 
 
 def test_upload_sends_the_compiled_package_under_pipeline_name(tmp_path, api, workflow):
     result = make("upload", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo")
 
     assert result.returncode == 0, result.stderr
-    assert calls(api) == [HEALTHZ, ("POST", f"{API}/pipelines/upload")]
-    upload = api.requests[1]
+    assert calls(api) == [HEALTHZ, ("GET", f"{API}/pipelines"),
+                          ("POST", f"{API}/pipelines/upload")]
+    assert name_filter(api.requests[1]) == PIPELINE_NAME
+    upload = api.requests[2]
     assert upload.query == {"name": [PIPELINE_NAME]}
     assert upload.content_type.startswith("multipart/form-data; boundary=")
     filename, content = upload.form_file("uploadfile")
@@ -90,7 +98,24 @@ def test_upload_sends_the_compiled_package_under_pipeline_name(tmp_path, api, wo
     assert "gcr.io/demo/base_image:latest" in text and "gcr.io/demo/trainer_image:latest" in text
     assert not LOCAL_IMAGE.search(text)
     (pipeline_id,) = api.pipelines
-    assert pipeline_id in result.stdout
+    assert f"Uploaded pipeline {PIPELINE_NAME}: pipeline id {pipeline_id}" in result.stdout
+
+
+def test_a_second_upload_of_the_name_sends_a_new_version(tmp_path, api, workflow):
+    pipeline_id = api.add_pipeline(PIPELINE_NAME, workflow)
+
+    result = make("upload", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo",
+                  PIPELINE_VERSION="nightly 2")
+
+    assert result.returncode == 0, result.stderr
+    assert calls(api) == [HEALTHZ, ("GET", f"{API}/pipelines"),
+                          ("POST", f"{API}/pipelines/upload_version")]
+    upload = api.requests[2]
+    assert upload.query == {"name": ["nightly 2"], "pipelineid": [pipeline_id]}
+    filename, content = upload.form_file("uploadfile")
+    assert (filename, content) == (PACKAGE_NAME, (tmp_path / PACKAGE_NAME).read_bytes())
+    assert f"Uploaded version nightly 2 of pipeline {PIPELINE_NAME}" in result.stdout
+    assert api.pipelines == [pipeline_id]
 
 
 @pytest.mark.parametrize("images", [{}, {"BASE_IMAGE": "gcr.io/demo/base_image:latest"}],
@@ -119,6 +144,10 @@ def test_run_submits_every_parameter_to_the_named_pipeline(tmp_path, api, workfl
         HEALTHZ, ("GET", f"{API}/pipelines"), ("GET", f"{API}/experiments"),
         ("POST", f"{API}/experiments"), ("POST", f"{API}/runs"), ("GET", f"{API}/runs/{run_id}"),
     ]
+    # What a security middleware checks: our own Host, JSON bodies where there is a body.
+    assert {request.host for request in api.requests} == {f"127.0.0.1:{api.port}"}
+    assert {request.content_type for request in api.requests
+            if request.method == "POST"} == {"application/json"}
     _, pipelines, experiments, create_experiment, create_run, _ = api.requests
     assert name_filter(pipelines) == PIPELINE_NAME
     assert name_filter(experiments) == EXPERIMENT_NAME
@@ -189,6 +218,18 @@ def test_run_of_a_pipeline_never_uploaded_sends_no_run(tmp_path, api):
     assert result.returncode == 2
     assert "You must provide one of [package_file, pipeline_id, version]." in result.stderr
     assert calls(api) == [HEALTHZ, ("GET", f"{API}/pipelines")]
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://xxxx-dot-us-central1.pipelines.googleusercontent.com", "http://localhost.example:80",
+    "https://127.0.0.1:8443"])
+def test_only_http_127_0_0_1_or_localhost_is_the_local_endpoint(tmp_path, endpoint):
+    upload = make("upload", tmp_path, detect=True, INVERSE_PROXY_HOSTNAME=endpoint)
+    assert upload.returncode == 2
+    assert upload.stderr.splitlines()[0] == LOCAL_IMAGES_ERROR.format(
+        package=tmp_path / PACKAGE_NAME)
+    run = make("run", tmp_path, detect=True, INVERSE_PROXY_HOSTNAME=endpoint)
+    assert run.returncode == 2 and "PROJECT_ID is not set" in run.stderr
 
 
 @pytest.mark.parametrize(("target", "missing"), [

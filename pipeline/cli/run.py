@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="recompute every step instead of reusing cached outputs")
     run.add_argument("--resume", metavar="RUN_ID",
                      help="continue a failed or interrupted run from its last finished steps")
+    run.add_argument("--run-id", help="id of the new run (default: a new one); the local KFP "
+                                      "API passes its run's id")
     run.set_defaults(func=_run)
     runs = subparsers.add_parser("runs", help="list or show local runs")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
@@ -111,9 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     console = make_console()
     params = parse_params(args.param)
     rows = parse_rows(args.rows)
-    if args.resume and (params or args.package):
+    if args.resume and (params or args.package or args.run_id):
         raise ValueError("--resume continues a run with its own package and parameters; "
-                         "drop --param/--package")
+                         "drop --param/--package/--run-id")
     progress = Progress(console)
     callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
                  "use_cache": not args.no_cache}
@@ -122,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             record = resume_local(args.resume, **callbacks)
         else:
             record = run_local(Path(args.package) if args.package else None, params, rows,
-                               **callbacks)
+                               run_id=args.run_id, **callbacks)
     finally:
         progress.stop()
     print_summary(console, record)

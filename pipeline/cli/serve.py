@@ -16,6 +16,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from pipeline.local.data import LAB_ROWS, parse_rows
+from pipeline.local.kfp_runs import DEFAULT_PARALLEL, LaunchSettings
+
 log = logging.getLogger("covertype.serve")
 
 
@@ -23,10 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="serve deployed models with the AI Platform Prediction REST API",
         description="Serve the local registry's models at /v1/projects/local/models/M:predict "
-                    "(and the ml v1 models, versions and jobs routes, and the run browser at /) "
+                    "(and the ml v1 models, versions and jobs routes, the KFP v1beta1 API at "
+                    "/apis/v1beta1 for the kfp CLI, and the run browser at /) "
                     "until Ctrl-C.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    serve.add_argument("--rows", default=str(LAB_ROWS),
+                       help="bundled rows a run of the KFP API loads as the source table "
+                            f"(default {LAB_ROWS}; 'all')")
+    serve.add_argument("--parallel-runs", type=int, default=DEFAULT_PARALLEL,
+                       help="runs of the KFP API executed at once; more wait in a queue "
+                            f"(default {DEFAULT_PARALLEL})")
     serve.set_defaults(func=_serve)
 
 
@@ -99,11 +109,16 @@ def _serve(args: argparse.Namespace) -> int:
     from pipeline.local.home import local_home
 
     check_address(args.host, args.port)
+    if args.parallel_runs < 1:
+        raise ValueError(f"--parallel-runs {args.parallel_runs} must be 1 or more")
+    settings = LaunchSettings(rows=parse_rows(args.rows), parallel=args.parallel_runs)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     home = local_home()
     log.info("serving %s on http://%s:%d (predict: POST /v1/projects/local/models/MODEL:predict)",
              home, args.host, args.port)
-    uvicorn.run(RequestLog(PredictShortcut(create_app(home))), host=args.host, port=args.port,
+    app = create_app(home)
+    app.state.kfp_settings = settings  # how runs of the KFP API execute
+    uvicorn.run(RequestLog(PredictShortcut(app)), host=args.host, port=args.port,
                 workers=1, access_log=False, log_level="warning")
     return 0

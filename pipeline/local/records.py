@@ -6,6 +6,7 @@ CLI, the run browser) never sees half a record, and a killed run leaves its last
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -23,6 +24,10 @@ RUN_FILE = "run.json"
 # process died without finishing it (kill -9, power loss): resume it.
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED, INTERRUPTED = (
     "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted", "Interrupted")
+
+
+# What a run id may be: it names a folder and a URL segment (a KFP run id is one too).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def new_run_id() -> str:

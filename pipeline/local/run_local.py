@@ -10,12 +10,14 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from pipeline.atomic import write_atomic
 from pipeline.local import data, records
 from pipeline.local.cache import StepCache
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
-from pipeline.local.records import RunRecord, RunStore, new_run_id
+from pipeline.local.package import load_package
+from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
 from pipeline.local.services import training_service
 from pipeline.local.storage import configure_storage_emulator
@@ -46,31 +48,41 @@ def default_parameters(home: Path) -> dict[str, str]:
     return {"project_id": LOCAL_PROJECT_ID, "gcs_root": str(storage_root(home) / "staging")}
 
 
+def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
+                   home: Path) -> dict[str, str]:
+    """The run's parameter values (local defaults, then the user's), checked before any step."""
+    parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
+    validate_parameters(parameters)
+    return parameters
+
+
 def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
               on_step: StepCallback | None = None, on_line: LineCallback | None = None,
               on_start: Callable[[RunRecord], None] | None = None,
-              use_cache: bool = True) -> RunRecord:
+              use_cache: bool = True, run_id: str | None = None) -> RunRecord:
     """Run the pipeline end to end on this machine; returns the finished run record.
 
     Bad parameters, a bad package or an unusable source table fail before anything is
-    written.
+    written. `run_id` names the run (the local KFP API passes its run's id); default: new.
     """
     configure_storage_emulator()
     home = local_home()
     store = RunStore()
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
+    if not RUN_ID.fullmatch(run_id) or store.folder(run_id).exists():
+        raise ValueError(f"--run-id {run_id!r} is taken or not a run id; use 1-128 letters, "
+                         "digits, '.', '_' or '-' not used by another run")
     with tempfile.TemporaryDirectory() as staging:
         compiled = package or compile_package(Path(staging) / "pipeline.yaml")
         workflow = Workflow.load(compiled)
-        parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
-        validate_parameters(parameters)
+        parameters = run_parameters(workflow, overrides, home)
         source_table = parameters.get("source_table_name", data.SOURCE_TABLE)
         if source_table == data.SOURCE_TABLE:
             data.ensure_source_table(rows)
         data.check_source_table(source_table)
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
-        shutil.copyfile(compiled, folder / PACKAGE_FILE)
+        write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
     return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.local.package import PackageError, load_package
+
 # Argo substitutes these prefixes; any other `{{...}}` text (e.g. inside Python code) is left as is.
 _PLACEHOLDER = re.compile(r"\{\{\s*((?:inputs|tasks|workflow|pod)\.[^{}\s]+)\s*\}\}")
 # libyaml's loader when present: the pure-Python one takes ~0.3 s on a compiled package.
@@ -36,11 +38,11 @@ class Workflow:
 
     @classmethod
     def load(cls, path: str | Path) -> Workflow:
-        """Read an Argo Workflow YAML written by `dsl-compile`."""
+        """Read a package written by `dsl-compile` (.yaml, .zip or .tar.gz)."""
         try:
-            document = yaml.load(Path(path).read_text(), Loader=_SAFE_LOADER)
-        except FileNotFoundError:
-            raise WorkflowError(f"{path}: no such pipeline package; run `make compile`") from None
+            document = yaml.load(load_package(path), Loader=_SAFE_LOADER)
+        except PackageError as error:
+            raise WorkflowError(str(error)) from None
         except yaml.YAMLError as error:
             raise WorkflowError(f"{path}: not YAML ({error}); recompile it") from None
         if not isinstance(document, dict) or document.get("kind") != "Workflow":

@@ -6,7 +6,6 @@ request reads the files again, so a page shows a running run as it is now.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,12 +16,11 @@ from pipeline.local import records
 from pipeline.local.browser import views
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import LOCAL_PROJECT_ID, runs_dir
-from pipeline.local.records import RunRecord, RunStore
+from pipeline.local.records import RUN_ID, RunRecord, RunStore
 from pipeline.local.services import training_service
 from pipeline.local.summary import EVALUATE_STEP, RunSummary, step_output
 
 router = APIRouter(include_in_schema=False)
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TUNE_STEP = "tune-hyperparameters"
 # The DSL gives the tuning job `job_dir={gcs_root}/jobdir/hypertune/{{workflow.uid}}`, and a
 # local run's workflow.uid is its run id: how a running or failed tuning step's job is found.
