@@ -72,8 +72,9 @@ class ContainerSettings:
 class ServedModel:
     """The one model of the container: loaded in the background, then its Predictor."""
 
-    def __init__(self, storage_uri: str) -> None:
+    def __init__(self, storage_uri: str, folder: Path | None = None) -> None:
         self.storage_uri = storage_uri
+        self.folder = folder  # where the artifact is copied (default: a new temporary folder)
         self.predictor: Any = None
         self.failure: str | None = None
         self.loaded = threading.Event()
@@ -83,7 +84,7 @@ class ServedModel:
         from pipeline.local.prediction import load_predictor
 
         try:
-            folder = Path(tempfile.mkdtemp(prefix="covertype-model-"))
+            folder = self.folder or Path(tempfile.mkdtemp(prefix="covertype-model-"))
             artifact = fetch_artifact(self.storage_uri, folder)
             self.predictor = load_predictor({"name": self.storage_uri}, artifact,
                                             folder / "cache")
