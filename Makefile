@@ -36,6 +36,8 @@ RUN_PARAMETERS = $(foreach pair,project_id=PROJECT_ID gcs_root=GCS_STAGING_PATH 
   $(foreach var,$(lastword $(subst =, ,$(pair))),$(if $($(var)), \
   '$(firstword $(subst =, ,$(pair)))=$(subst ','\'',$($(var)))')))
 
+IMAGE_VARIABLES = $(if $(filter vertex,$(PLATFORM)),BASE_IMAGE$(comma) TRAINER_IMAGE and SERVING_IMAGE,BASE_IMAGE and TRAINER_IMAGE)
+comma := ,
 require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
 .PHONY: help setup compile images upload run run-local serve test lint bench clean
@@ -66,7 +68,7 @@ images: setup  ## build and push the base, trainer and serving images with Cloud
 
 upload: compile  ## upload $(PACKAGE) to KFP as $(PIPELINE_NAME)
 	$(call require,INVERSE_PROXY_HOSTNAME,set it to your KFP endpoint host (Settings of the KFP instance))
-	@! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or BASE_IMAGE and TRAINER_IMAGE) and run make upload again" >&2; exit 2; }
+	@! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or $(IMAGE_VARIABLES)) and run make upload again" >&2; exit 2; }
 	$(BIN)/kfp --endpoint '$(INVERSE_PROXY_HOSTNAME)' pipeline upload \
 	  -p '$(subst ','\'',$(PIPELINE_NAME))' $(PACKAGE)
 
