@@ -167,10 +167,14 @@ def _get_vertex_job(name: str) -> dict:
 
 def _get(request: Any, name: str, switch: str, readable: str) -> dict:
     """Execute one get; HTTP and network errors become a one-line RuntimeError."""
+    from google.auth.exceptions import GoogleAuthError
     from googleapiclient.errors import HttpError
 
     try:
         return request().execute()
+    except GoogleAuthError as error:
+        raise RuntimeError(f"getting job {name} failed: {one_line(error)}; run the step with "
+                           f"Google credentials or set {switch} for the local stand-in") from None
     except HttpError as error:
         fix = {401: "check the pipeline's credentials",
                403: f"check the pipeline's service account may read {readable}",

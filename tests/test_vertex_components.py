@@ -585,3 +585,19 @@ def test_the_launcher_refuses_a_bad_command_line_in_one_line(argv, message, tmp_
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # no output written
+
+
+def test_no_credentials_and_no_stand_in_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no gcloud application default credentials
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # not on Google Compute Engine
+
+    with pytest.raises(VertexError) as raised:
+        VertexClient(PROJECT, REGION)
+
+    assert str(raised.value).startswith("no Google credentials for Vertex AI (")
+    assert str(raised.value).endswith(
+        "; run the step as a service account (Workload Identity, or USE_KFP_SA=True) or set "
+        "VERTEX_AI_EMULATOR_HOST for the local stand-in")
+    assert "\n" not in str(raised.value)

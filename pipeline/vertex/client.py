@@ -33,8 +33,17 @@ class VertexClient:
     """The Vertex AI resources of one project and region."""
 
     def __init__(self, project: str, region: str, service: Any = None) -> None:
+        from google.auth.exceptions import GoogleAuthError
+
         self.parent = f"projects/{project}/locations/{region}"
-        self._locations = (service or ml_client.aiplatform_service(region)).projects().locations()
+        try:
+            service = service or ml_client.aiplatform_service(region)
+        except GoogleAuthError as error:
+            raise VertexError(f"no Google credentials for Vertex AI ({one_line(error)}); run the "
+                              "step as a service account (Workload Identity, or USE_KFP_SA=True)"
+                              f" or set {ml_client.VERTEX_EMULATOR_HOST_ENV} for the local "
+                              "stand-in") from None
+        self._locations = service.projects().locations()
 
     # jobs ----------------------------------------------------------------------------------
     def create_job(self, kind: str, body: dict) -> dict:
@@ -117,6 +126,7 @@ def _pages(collection: Any, request: Any, field: str, what: str) -> Iterator[dic
 
 def _execute(request: Any, what: str) -> dict:
     """Run one request; HTTP and network failures become a one-line VertexError."""
+    from google.auth.exceptions import GoogleAuthError
     from googleapiclient.errors import HttpError
 
     try:
@@ -125,6 +135,9 @@ def _execute(request: Any, what: str) -> dict:
         status = error.resp.status
         raise VertexError(f"{what} failed: HTTP {status} {http_error_message(error)}; "
                           f"{_FIXES.get(status, 'retry the step')}") from None
+    except GoogleAuthError as error:  # credentials that cannot be refreshed
+        raise VertexError(f"{what} failed: {one_line(error)}; check the step's credentials"
+                          ) from None
     except OSError as error:
         raise VertexError(f"{what} failed: {one_line(error)}; check the network or "
                           f"{ml_client.VERTEX_EMULATOR_HOST_ENV}") from None
