@@ -7,52 +7,36 @@ fake, at the client boundary), with bodies shaped by the document (checked by ve
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from googleapiclient.http import HttpMockSequence
+from vertex_api import (
+    ARGS,
+    CUSTOM_JOB,
+    FILTER,
+    LABELS,
+    MODEL,
+    NODE,
+    PARENT,
+    PROJECT,
+    REGION,
+    RUN,
+    SERVING,
+    STUDY,
+    TRAINER,
+    TUNING,
+    TUNING_JOB,
+    Api,
+    job,
+)
 from vertex_shapes import problems
 
 from pipeline import ml_client
 from pipeline.vertex import deploy, jobs, launcher, train, tune
 from pipeline.vertex.client import CUSTOM_JOBS, VertexClient, VertexError
-
-PROJECT, REGION = "my-project", "us-central1"
-PARENT = f"projects/{PROJECT}/locations/{REGION}"
-HOST = f"https://{REGION}-aiplatform.googleapis.com"
-RUN, NODE = "6f1c2d3e-0000-4000-8000-000000000001", "covertype-classifier-training-x7k2p.tune"
-NODE_LABEL = hashlib.md5(NODE.encode()).hexdigest()  # 0.2.5's context id: md5 of the node name
-LABELS = {"kfp_run": RUN, "kfp_node": NODE_LABEL}
-FILTER = f'labels.kfp_run="{RUN}" AND labels.kfp_node="{NODE_LABEL}"'
-TRAINER = "gcr.io/my-project/trainer_image:latest"
-SERVING = "gcr.io/my-project/serving_image:latest"
-ARGS = ["--training_dataset_path", "gs://b/datasets/training/data.csv",
-        "--validation_dataset_path", "gs://b/datasets/validation/data.csv", "--hptune", "True"]
-TUNING = {"hyperparameters": {
-    "goal": "MAXIMIZE", "maxTrials": 6, "maxParallelTrials": 3,
-    "hyperparameterMetricTag": "accuracy", "enableTrialEarlyStopping": True,
-    "params": [{"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [500, 1000]},
-               {"parameterName": "alpha", "type": "DOUBLE", "minValue": 0.0001,
-                "maxValue": 0.001, "scaleType": "UNIT_LINEAR_SCALE"}]}}
-STUDY = {
-    "metrics": [{"metricId": "accuracy", "goal": "MAXIMIZE"}],
-    "parameters": [
-        {"parameterId": "max_iter", "discreteValueSpec": {"values": [500, 1000]},
-         "scaleType": "UNIT_LINEAR_SCALE"},
-        {"parameterId": "alpha", "doubleValueSpec": {"minValue": 0.0001, "maxValue": 0.001},
-         "scaleType": "UNIT_LINEAR_SCALE"}],
-    "algorithm": "ALGORITHM_UNSPECIFIED",
-    "decayCurveStoppingSpec": {"useElapsedDuration": False},
-}
-TUNING_JOB = f"{PARENT}/hyperparameterTuningJobs/1234"
-CUSTOM_JOB = f"{PARENT}/customJobs/5678"
-MODEL, ENDPOINT = f"{PARENT}/models/42", f"{PARENT}/endpoints/77"
 
 
 @pytest.fixture(autouse=True)
@@ -63,55 +47,9 @@ def step(monkeypatch):
     monkeypatch.delenv(ml_client.VERTEX_EMULATOR_HOST_ENV, raising=False)
 
 
-class Api:
-    """Answers aiplatform v1 calls in order through Google's client; records the requests."""
-
-    def __init__(self, monkeypatch, answers: list) -> None:
-        self.http = HttpMockSequence([
-            ({"status": str(status)}, json.dumps(body))
-            for status, body in (a if isinstance(a, tuple) else (200, a) for a in answers)])
-        build = ml_client.aiplatform_service
-        monkeypatch.setattr(ml_client, "aiplatform_service",
-                            lambda region, http=None: build(region, http=self.http))
-
-    @property
-    def calls(self) -> list[tuple[str, str, dict, dict | None]]:
-        """(method, path, query without alt, JSON body) of every request."""
-        found = []
-        for uri, method, body, _ in self.http.request_sequence:
-            parts = urlsplit(uri)
-            assert f"{parts.scheme}://{parts.netloc}" == HOST
-            query = {key: value[0] for key, value in parse_qs(parts.query).items()}
-            assert query.pop("alt") == "json"
-            found.append((method, parts.path, query, json.loads(body) if body else None))
-        return found
-
-    @property
-    def left(self) -> int:
-        return len(self.http._iterable)
-
-
 @pytest.fixture
 def api(monkeypatch):
     return lambda *answers: Api(monkeypatch, list(answers))
-
-
-def job(name: str, state: str, **extra) -> dict:
-    body = {"name": name, "displayName": NODE, "state": state, "labels": LABELS,
-            "createTime": "2026-12-01T10:00:00Z", **extra}
-    kind = "HyperparameterTuningJob" if "hyperparameterTuning" in name else "CustomJob"
-    assert problems(kind, body) == []
-    return body
-
-
-def operation(name: str, done: bool, response: dict | None = None, error: dict | None = None):
-    body = {"name": name, "done": done}
-    if response is not None:
-        body["response"] = response
-    if error is not None:
-        body["error"] = error
-    assert problems("GoogleLongrunningOperation", body) == []
-    return body
 
 
 # ---- the shape checker itself -------------------------------------------------------------
@@ -373,177 +311,6 @@ def test_api_errors_are_one_line_with_a_fix(api):
         f"listing customJobs of {PARENT} failed: HTTP 403 Permission 'aiplatform.customJobs.list' "
         "denied on resource (or it may not exist).; grant the step's service account the Vertex "
         "AI User role and enable the Vertex AI API")
-
-
-# ---- deploy -------------------------------------------------------------------------------
-
-@pytest.fixture
-def model_folder(tmp_path) -> Path:
-    folder = tmp_path / "jobdir" / "model"
-    folder.mkdir(parents=True)
-    (folder / "model.pkl").write_bytes(b"not read by the deploy step")
-    return folder
-
-
-def deploy_inputs(folder: Path, **overrides) -> dict[str, str]:
-    return {"model_uri": str(folder), "project_id": PROJECT, "region": REGION,
-            "model_id": "covertype_classifier", "version_id": "v02",
-            "serving_image_uri": SERVING, "wait_interval": "0", **overrides}
-
-
-def endpoint(*deployed: tuple[str, str, str], traffic: dict | None = None) -> dict:
-    body = {"name": ENDPOINT, "displayName": "covertype_classifier",
-            "deployedModels": [{"id": ident, "model": model, "displayName": version}
-                               for ident, model, version in deployed]}
-    if traffic is not None:
-        body["trafficSplit"] = traffic
-    assert problems("Endpoint", body) == []
-    return body
-
-
-def test_first_deploy_uploads_creates_the_endpoint_and_sends_all_traffic(api, model_folder):
-    vertex = api(
-        {"endpoints": [{"name": f"{PARENT}/endpoints/1", "displayName": "other_model"}]},
-        {},
-        operation(f"{PARENT}/models/42/operations/1", False),
-        operation(f"{PARENT}/models/42/operations/1", True, {"model": MODEL}),
-        operation(f"{ENDPOINT}/operations/2", True,
-                  {"name": ENDPOINT, "displayName": "covertype_classifier"}),
-        operation(f"{ENDPOINT}/operations/3", False),
-        operation(f"{ENDPOINT}/operations/3", True, {"deployedModel": {"id": "900"}}),
-        endpoint(("900", MODEL, "v02"), traffic={"900": 100}))
-
-    outputs = deploy.deploy_model(**deploy_inputs(model_folder))
-
-    assert outputs == {"model_name": MODEL, "endpoint_name": ENDPOINT,
-                       "deployed_model_id": "900"}
-    assert vertex.calls == [
-        ("GET", f"/v1/{PARENT}/endpoints", {}, None),
-        ("GET", f"/v1/{PARENT}/models", {"filter": FILTER}, None),
-        ("POST", f"/v1/{PARENT}/models:upload", {}, {"model": {
-            "displayName": "covertype_classifier", "description": "covertype_classifier v02",
-            "artifactUri": str(model_folder), "labels": LABELS,
-            "containerSpec": {"imageUri": SERVING, "predictRoute": "/predict",
-                              "healthRoute": "/health", "ports": [{"containerPort": 8080}]}}}),
-        ("GET", f"/v1/{PARENT}/models/42/operations/1", {}, None),
-        ("POST", f"/v1/{PARENT}/endpoints", {}, {"displayName": "covertype_classifier"}),
-        ("POST", f"/v1/{ENDPOINT}:deployModel", {}, {
-            "deployedModel": {"model": MODEL, "displayName": "v02", "dedicatedResources": {
-                "machineSpec": {"machineType": "n1-standard-2"}, "minReplicaCount": 1,
-                "maxReplicaCount": 1}},
-            "trafficSplit": {"0": 100}}),
-        ("GET", f"/v1/{ENDPOINT}/operations/3", {}, None),
-        ("GET", f"/v1/{ENDPOINT}", {}, None),
-    ]
-
-
-def test_a_new_version_replaces_the_old_ones_only_once_it_serves(api, model_folder):
-    old = f"{PARENT}/models/41"
-    vertex = api(
-        {"endpoints": [endpoint(("800", old, "v01"), traffic={"800": 100})]},
-        {},
-        operation(f"{PARENT}/models/42/operations/1", True, {"model": MODEL}),
-        operation(f"{ENDPOINT}/operations/3", True, {"deployedModel": {"id": "900"}}),
-        endpoint(("800", old, "v01"), ("900", MODEL, "v02"), traffic={"900": 100}),
-        operation(f"{ENDPOINT}/operations/4", True, {}))
-
-    outputs = deploy.deploy_model(**deploy_inputs(model_folder))
-
-    assert outputs["deployed_model_id"] == "900"
-    methods = [(method, path) for method, path, _, _ in vertex.calls]
-    assert methods[-3:] == [("POST", f"/v1/{ENDPOINT}:deployModel"),
-                            ("GET", f"/v1/{ENDPOINT}"),
-                            ("POST", f"/v1/{ENDPOINT}:undeployModel")]
-    assert vertex.calls[-1][3] == {"deployedModelId": "800"}
-
-
-def test_an_existing_version_is_kept_unless_replacing_is_allowed(api, model_folder):
-    old = f"{PARENT}/models/41"
-    vertex = api({"endpoints": [endpoint(("800", old, "v02"), traffic={"800": 100})]}, {})
-
-    with pytest.raises(ValueError) as raised:
-        deploy.deploy_model(**deploy_inputs(model_folder))
-
-    assert str(raised.value) == (
-        f"endpoint {ENDPOINT} (covertype_classifier) already serves version v02 (deployed model "
-        "800); set replace_existing_version=True to replace it or pick a new version_id")
-    assert [method for method, *_ in vertex.calls] == ["GET", "GET"]  # nothing changed
-
-
-def test_replace_existing_version_swaps_the_deployment(api, model_folder):
-    old = f"{PARENT}/models/41"
-    vertex = api(
-        {"endpoints": [endpoint(("800", old, "v02"), traffic={"800": 100})]},
-        {},
-        operation(f"{PARENT}/models/42/operations/1", True, {"model": MODEL}),
-        operation(f"{ENDPOINT}/operations/3", True, {"deployedModel": {"id": "900"}}),
-        endpoint(("800", old, "v02"), ("900", MODEL, "v02"), traffic={"900": 100}),
-        operation(f"{ENDPOINT}/operations/4", True, {}))
-
-    deploy.deploy_model(**deploy_inputs(model_folder, replace_existing_version="True"))
-
-    assert vertex.calls[-1][1:] == (f"/v1/{ENDPOINT}:undeployModel", {},
-                                    {"deployedModelId": "800"})
-
-
-def test_a_retried_deploy_reuses_its_model_and_deployment(api, model_folder):
-    vertex = api(
-        {"endpoints": [endpoint(("900", MODEL, "v02"), traffic={"900": 100})]},
-        {"models": [{"name": MODEL, "displayName": "covertype_classifier", "labels": LABELS}]},
-        endpoint(("900", MODEL, "v02"), traffic={"900": 100}))
-
-    outputs = deploy.deploy_model(**deploy_inputs(model_folder))
-
-    assert outputs == {"model_name": MODEL, "endpoint_name": ENDPOINT, "deployed_model_id": "900"}
-    assert [method for method, *_ in vertex.calls] == ["GET", "GET", "GET"]  # no upload/deploy
-
-
-def test_old_deployments_stay_when_the_new_one_does_not_get_the_traffic(api, model_folder):
-    old = f"{PARENT}/models/41"
-    vertex = api(
-        {"endpoints": [endpoint(("800", old, "v01"), traffic={"800": 100})]},
-        {},
-        operation(f"{PARENT}/models/42/operations/1", True, {"model": MODEL}),
-        operation(f"{ENDPOINT}/operations/3", True, {"deployedModel": {"id": "900"}}),
-        endpoint(("800", old, "v01"), ("900", MODEL, "v02"), traffic={"800": 100}))
-
-    with pytest.raises(VertexError, match="deployed model 900 on .* gets 0% of the traffic, not "
-                                          "100%; nothing was undeployed"):
-        deploy.deploy_model(**deploy_inputs(model_folder))
-    assert "undeployModel" not in vertex.calls[-1][1]
-
-
-def test_a_failed_operation_is_a_one_line_error(api, model_folder):
-    api({}, {}, operation(f"{PARENT}/models/42/operations/1", True, error={
-        "code": 9, "message": "Model artifact is not\nreadable."}))
-
-    with pytest.raises(VertexError) as raised:
-        deploy.deploy_model(**deploy_inputs(model_folder))
-
-    assert str(raised.value) == (f"uploading {model_folder} failed: 9 Model artifact is not "
-                                 "readable.")
-
-
-@pytest.mark.parametrize(("files", "message"), [
-    ((), "holds no model.pkl; it must hold exactly one of model.pkl or model.joblib"),
-    (("model.pkl", "model.joblib"), "holds model.pkl and model.joblib; it must hold exactly one"),
-])
-def test_deploy_refuses_a_folder_without_one_model_before_any_call(api, tmp_path, files, message):
-    for name in files:
-        (tmp_path / name).write_bytes(b"x")
-    vertex = api()
-
-    with pytest.raises(ValueError, match=message):
-        deploy.deploy_model(**deploy_inputs(tmp_path))
-    assert vertex.calls == []
-
-
-def test_two_endpoints_with_the_models_name_are_refused(api, model_folder):
-    twin = {**endpoint(), "name": f"{PARENT}/endpoints/78"}
-    api({"endpoints": [endpoint(), twin]})
-
-    with pytest.raises(ValueError, match="^2 endpoints are named covertype_classifier"):
-        deploy.deploy_model(**deploy_inputs(model_folder))
 
 
 # ---- the launcher command line --------------------------------------------------------------
