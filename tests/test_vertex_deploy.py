@@ -211,3 +211,13 @@ def test_two_endpoints_with_the_models_name_are_refused(api, model_folder):
         deploy.deploy_model(**deploy_inputs(model_folder))
 
 
+
+
+def test_an_operation_answer_without_its_result_is_a_one_line_error(api, model_folder):
+    api({}, {}, operation(f"{PARENT}/models/42/operations/1", True, {}))
+
+    with pytest.raises(VertexError) as raised:
+        deploy.deploy_model(**deploy_inputs(model_folder))
+
+    assert str(raised.value) == ("the upload finished without a model in its response; check the "
+                                 "operation in the console and re-run the step")

@@ -75,12 +75,13 @@ def deploy_model(model_uri: str, project_id: str, region: str, model_id: str, ve
         response = jobs.wait_for_operation(
             client, client.upload_model(upload_request(identity, name, version, uri, image)),
             f"uploading {uri}", waiting)
-        model = response["model"]
+        model = _answered(response, "model", "the upload")
         print(f"uploaded {uri} as {model}")
     if endpoint is None:
         endpoint = jobs.wait_for_operation(
             client, client.create_endpoint({"displayName": name}),
             f"creating endpoint {name}", waiting)
+        _answered(endpoint, "name", "the endpoint creation")
         print(f"created endpoint {endpoint['name']} ({name})")
     deployed_id = _deploy(client, endpoint, model, version, resources, waiting)
     _retire_others(client, endpoint["name"], deployed_id, waiting)
@@ -151,6 +152,15 @@ def own_model(client: VertexClient, identity: jobs.StepIdentity) -> str | None:
     return model["name"]
 
 
+def _answered(response: dict, field: str, what: str) -> str:
+    """A field the operation's response must carry; its absence is a one-line error."""
+    value = response.get(field)
+    if not isinstance(value, str) or not value:
+        raise VertexError(f"{what} finished without a {field} in its response; check the "
+                          "operation in the console and re-run the step")
+    return value
+
+
 def _same_model(deployed: dict, model: str) -> bool:
     return deployed.get("model", "").split("@", 1)[0] == model
 
@@ -167,7 +177,7 @@ def _deploy(client: VertexClient, endpoint: dict, model: str, version_id: str,
             client, client.deploy_model(endpoint["name"],
                                         deploy_request(model, version_id, resources)),
             f"deploying {model} to {endpoint['name']}", waiting)
-        deployed_id = response["deployedModel"]["id"]
+        deployed_id = _answered(response.get("deployedModel") or {}, "id", "the deployment")
         print(f"deployed {model} to {endpoint['name']} as {deployed_id} ({version_id})")
     return deployed_id
 
