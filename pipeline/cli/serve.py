@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the local registry's models at /v1/projects/local/models/M:predict "
                     "(and the ml v1 models, versions and jobs routes, the KFP v1beta1 API at "
                     "/apis/v1beta1 for the kfp CLI, and the run browser at /) "
-                    "until Ctrl-C.")
+                    "until Ctrl-C. With AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE and "
+                    "AIP_STORAGE_URI set (a Vertex AI custom container), it serves only the "
+                    "model at AIP_STORAGE_URI on those routes, on 0.0.0.0.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     serve.add_argument("--rows", default=str(LAB_ROWS),
@@ -104,6 +106,11 @@ def check_address(host: str, port: int) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pipeline.cli import serve_vertex
+
+    container = serve_vertex.ContainerSettings.from_env()
+    if container is not None:  # the serving image on Vertex AI: AIP_* say what to serve
+        return serve_vertex.serve(container)
     from pipeline.local.emulator.app import create_app
     from pipeline.local.emulator.predict import PredictShortcut
     from pipeline.local.home import local_home
