@@ -466,3 +466,28 @@ def test_refusals_are_never_server_errors(server: EmulatorServer) -> None:
             status = connection.getresponse().status
             connection.close()
             assert 200 <= status < 500, (header, method, status)
+
+
+def test_websocket_handshakes_are_refused() -> None:
+    """No route speaks WebSocket (which browsers open cross-site unchecked): the layer closes
+    any handshake before the app sees it. Driven as ASGI, as uvicorn here has no WebSocket
+    library to pass one on."""
+    import asyncio
+
+    from pipeline.local.emulator.security import Guard
+
+    seen, sent = [], []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(scope)
+
+    async def receive() -> dict:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/", "headers": [(b"host", b"127.0.0.1:8080")],
+             "server": ("127.0.0.1", 8080)}
+    asyncio.run(Guard(app)(scope, receive, send))
+    assert (seen, sent) == ([], [{"type": "websocket.close", "code": 1008}])

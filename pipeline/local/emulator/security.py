@@ -23,7 +23,7 @@ route, present or added later, gets these rules without doing anything. In order
    streamed (chunked) body, which the layer reads first, passes the limit. At most `limit`
    bytes are held; what the client still sends is discarded by uvicorn.
 
-Refusals are one-line JSON errors in the shape of the API at that path (`ErrorShape`), never a
+Refusals are one-line JSON errors in the shape of the API at that path (`error_body`), never a
 5xx, and carry `X-Refused-By: covertype-security` so a client or test can tell them apart.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ class Refusal(Exception):
 
 
 class Guard:
-    """ASGI middleware applying the rules of this module to every HTTP and WebSocket request."""
+    """ASGI middleware applying the rules of this module to every request."""
 
     def __init__(self, app: ASGIApp, policy: AccessPolicy | None = None) -> None:
         self.app = app
@@ -193,23 +193,20 @@ class Guard:
         self._rules: dict[str, RouteRule] = {}  # by path: a regex scan costs ~1 us a request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):  # lifespan
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            # No route speaks WebSocket, which browsers open cross-site without any CORS check:
+            # refused (before accept, the server answers the handshake with HTTP 403).
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = _headers(scope)
         try:
-            self._check_caller(scope, headers, kind == "websocket")
-            if kind == "websocket":
-                await self.app(scope, receive, send)
-                return
-            rule = self._rule(scope["path"])
-            body = await self._check_body(scope, headers, receive, rule)
+            self._check_caller(scope, headers)
+            body = await self._check_body(scope, headers, receive, self._rule(scope["path"]))
         except Refusal as refusal:
-            if kind == "websocket":  # before accept, uvicorn answers this with HTTP 403
-                await send({"type": "websocket.close", "code": 1008})
-            else:
-                await _refuse(send, scope["path"], refusal)
+            await _refuse(send, scope["path"], refusal)
             return
         except ClientGone:
             return
@@ -220,7 +217,7 @@ class Guard:
 
     # the caller: Host, token, Origin ---------------------------------------------------------
 
-    def _check_caller(self, scope: Scope, headers: dict[bytes, bytes], websocket: bool) -> None:
+    def _check_caller(self, scope: Scope, headers: dict[bytes, bytes]) -> None:
         host = headers.get(b"host", b"").decode("latin-1").lower()
         port = (scope.get("server") or (None, None))[1]
         allowed = self._allowed_hosts(port)
@@ -243,7 +240,7 @@ class Guard:
                 raise Refusal(401, "the bearer token is wrong; send the --token or "
                                    f"{TOKEN_ENV} the server was started with", challenge)
         origin = headers.get(b"origin")
-        if origin is not None and (websocket or scope["method"] not in SAFE_METHODS):
+        if origin is not None and scope["method"] not in SAFE_METHODS:
             text = origin.decode("latin-1")
             if _origin_host(text) not in allowed:
                 raise Refusal(403, f"cross-site request refused: Origin {_shown(text)} is not "
