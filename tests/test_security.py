@@ -491,3 +491,20 @@ def test_websocket_handshakes_are_refused() -> None:
              "server": ("127.0.0.1", 8080)}
     asyncio.run(Guard(app)(scope, receive, send))
     assert (seen, sent) == ([], [{"type": "websocket.close", "code": 1008}])
+
+
+def test_curl_as_the_readme_shows_it(server: EmulatorServer, home: Path) -> None:
+    """With -H 'Content-Type: application/json' curl passes; without it, curl -d sends a form."""
+    command = ["curl", "-s", "-X", "POST", server.url + MODELS, "-d", '{"name": "curled"}']
+    typed = subprocess.run([*command, "-H", "Content-Type: application/json"],
+                           capture_output=True, text=True, timeout=30)
+    assert json.loads(typed.stdout)["name"] == "projects/local/models/curled"
+    untyped = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert json.loads(untyped.stdout)["error"]["code"] == 415
+
+
+def test_the_bound_address_is_one_of_the_servers_names(tmp_path: Path) -> None:
+    with EmulatorServer(home=tmp_path / "home", host="127.0.0.2") as other:
+        assert httpx.get(other.url + "/healthz").status_code == 200  # Host: 127.0.0.2:port
+        refused = httpx.get(other.url + "/healthz", headers={"Host": f"127.0.0.3:{other.port}"})
+        assert "--allow-host 127.0.0.3" in _refusal(refused, 403)
