@@ -19,6 +19,7 @@ from kfp.gcp import use_gcp_secret
 from kubernetes.client import V1EnvVar, V1EnvVarSource, V1ObjectFieldSelector
 
 from pipeline import helper_components, schema
+from pipeline.hypertune import HYPERTUNE_SETTINGS
 from pipeline.settings import COMPONENTS_DIR, Settings
 from pipeline.vertex.jobs import NODE_ENV, NODE_NAME_FIELD
 
@@ -27,20 +28,6 @@ PIPELINE_NAME = "Covertype Classifier Training"
 GCP_PROJECT_ID, GCS_PATH, GCP_REGION, DICT, BOOL = (
     "GCPProjectID", "GCSPath", "GCPRegion", "Dict", "Bool")
 
-HYPERTUNE_SETTINGS: dict = {
-    "hyperparameters": {
-        "goal": "MAXIMIZE",
-        "maxTrials": 6,
-        "maxParallelTrials": 3,
-        "hyperparameterMetricTag": "accuracy",
-        "enableTrialEarlyStopping": True,
-        "params": [
-            {"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [500, 1000]},
-            {"parameterName": "alpha", "type": "DOUBLE", "minValue": 0.0001, "maxValue": 0.001,
-             "scaleType": "UNIT_LINEAR_SCALE"},
-        ],
-    }
-}
 DEFAULT_HYPERTUNE_SETTINGS = json.dumps(HYPERTUNE_SETTINGS)
 
 

@@ -39,7 +39,9 @@ def free_port() -> int:
 
 def call(url: str, body: bytes | None = None) -> tuple[int, dict, dict]:
     """(status, JSON body, headers) of a GET, or a POST when `body` is given."""
-    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
@@ -124,7 +126,7 @@ def test_bad_requests_are_one_line_4xx_errors(server):
     assert body == {"error": "instances[0] has 2 values; expected 12, in this order: "
                              + ", ".join(schema.FEATURE_COLUMNS)}
     status, body, _ = call(base + PREDICT, b"x" * (1_572_864 + 1))
-    assert status == 400 and body["error"].startswith("Request payload size exceeds the limit")
+    assert status == 413 and body["error"].startswith("Request payload size exceeds the limit")
 
 
 def test_only_the_contract_routes_are_served(server):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -116,7 +117,6 @@ def create_app(settings: ContainerSettings, model: ServedModel) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from pipeline.local.emulator.predict import _read_body
     from pipeline.local.prediction import PredictionError, parse_instances
 
     async def health(_: Request) -> JSONResponse:
@@ -128,7 +128,7 @@ def create_app(settings: ContainerSettings, model: ServedModel) -> Any:
         if model.predictor is None:
             return JSONResponse({"error": model.failure or "the model is loading; retry"}, 503)
         try:
-            instances = parse_instances(await _read_body(request))
+            instances = parse_instances(await request.body())
             predictions = model.predictor.predict(instances)
         except PredictionError as error:
             return JSONResponse({"error": str(error)}, error.status)
@@ -144,14 +144,18 @@ def serve(settings: ContainerSettings) -> int:
     import uvicorn
 
     from pipeline.cli.serve import RequestLog, check_address
+    from pipeline.local.emulator.security import JSON, VERTEX_PREDICT_LIMIT, BodyLimit, RouteRule
+
+    # Vertex AI's own front end checks the caller; the container still bounds the body.
+    body_rule = RouteRule(re.compile(".*"), JSON, 1_572_864, VERTEX_PREDICT_LIMIT)
 
     check_address(BIND_HOST, settings.port)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     model = ServedModel(settings.storage_uri)
     server = uvicorn.Server(uvicorn.Config(
-        RequestLog(create_app(settings, model)), host=BIND_HOST, port=settings.port, workers=1,
-        access_log=False, log_level="warning"))
+        RequestLog(BodyLimit(create_app(settings, model), body_rule)), host=BIND_HOST,
+        port=settings.port, workers=1, access_log=False, log_level="warning"))
 
     def load_then_check() -> None:
         model.load()
