@@ -83,7 +83,7 @@ class Registry:
         try:
             (staging / "versions").mkdir(parents=True)
             _write_json(staging / "model.json", {**record, "etag": _etag()})
-            with self._locked():
+            with self.locked():
                 if (self.root / model).exists():
                     raise AlreadyExists(f"model {model} already exists; pick another model name "
                                         "or add a version to it")
@@ -116,7 +116,7 @@ class Registry:
     def delete_model(self, model: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Delete a model that has no versions left; return what it was."""
         record = self.get_model(model, project)
-        with self._locked():
+        with self.locked():
             self._read_model(model)
             versions = self._version_ids(model)
             if versions:
@@ -140,7 +140,7 @@ class Registry:
         body = _request_fields(body, f"model {model} version", VERSION_FIELDS,
                                VERSION_OUTPUT_ONLY, VERSION_UNSUPPORTED)
         version = _check_name(body.get("name"), "version")
-        uri = _check_deployment_uri(body.get("deploymentUri"), version)
+        uri = _check_deployment_uri(body.get("deploymentUri"), f"version {version}")
         framework = body.get("framework", FRAMEWORK)
         if framework != FRAMEWORK:
             raise InvalidArgument(f"version {version}: framework {framework!r} is not served "
@@ -156,12 +156,9 @@ class Registry:
         except FileNotFoundError:
             raise NotFound(f"model {model} was deleted meanwhile; create it again") from None
         try:
-            artifact = _copy_artifact(uri, staging)
-            _verify_artifact(artifact, uri)
-            # The ONNX fast path is made and checked now, before the version is visible.
-            prepare_fast_path(artifact, self.root.parent / "cache")
+            self.stage_artifact(uri, staging)
             _write_json(staging / "version.json", record)
-            with self._locked():
+            with self.locked():
                 model_record = self._read_model(model)
                 if self._version_dir(model, version).exists():
                     raise _version_exists(model, version)
@@ -194,7 +191,7 @@ class Registry:
     def delete_version(self, model: str, version: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Delete a version; the default one only when it is the last (as the cloud does)."""
         record = self.get_version(model, version, project)
-        with self._locked():
+        with self.locked():
             model_record = self._read_model(model)
             self._read_version(model, version, None)
             others = [other for other in self._version_ids(model) if other != version]
@@ -214,7 +211,7 @@ class Registry:
     def set_default(self, model: str, version: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Make a version the one `models/{model}:predict` serves."""
         _check_project(project)
-        with self._locked():
+        with self.locked():
             model_record = self._read_model(model)
             self._read_version(model, _check_name(version, "version"), None)
             model_record["defaultVersion"] = {"name": _version_name(model, version)}
@@ -251,10 +248,23 @@ class Registry:
         except NotFound:
             return None
 
-    # internals ------------------------------------------------------------------------------
+    # shared by the ml v1 and aiplatform v1 surfaces -----------------------------------------
+
+    def stage_artifact(self, uri: str, staging: Path, field: str = "deploymentUri") -> Path:
+        """Copy the model artifact under `uri` into `staging`, check that it loads, and make and
+        verify its ONNX fast path there, before anything is visible; the copied artifact.
+
+        Raises:
+            FailedPrecondition: no single loadable model.pkl or model.joblib under `uri`.
+        """
+        artifact = _copy_artifact(uri, staging, field)
+        _verify_artifact(artifact, uri)
+        prepare_fast_path(artifact, self.root.parent / "cache")
+        return artifact
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the registry's lock (every mutation, of either API surface, takes it)."""
         with open(self.root / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -317,12 +327,13 @@ def _check_project(project: str) -> None:
                               "and hyphens, starting with a letter")
 
 
-def _check_deployment_uri(uri: Any, version: str) -> str:
+def _check_deployment_uri(uri: Any, what: str, field: str = "deploymentUri") -> str:
+    """The artifact folder of an ml v1 version (deploymentUri) or a Vertex model (artifactUri)."""
     if not isinstance(uri, str) or not uri:
-        raise InvalidArgument(f"version {version}: deploymentUri is required; set it to the "
+        raise InvalidArgument(f"{what}: {field} is required; set it to the "
                               "folder holding model.pkl or model.joblib")
     if "://" not in uri and not os.path.isabs(uri):
-        raise InvalidArgument(f"version {version}: deploymentUri {uri!r} is relative; use a "
+        raise InvalidArgument(f"{what}: {field} {uri!r} is relative; use a "
                               "gs:// URI or an absolute local path")
     return uri
 
@@ -341,25 +352,25 @@ def _request_fields(body: Any, what: str, allowed: frozenset[str], ignored: froz
     return {key: value for key, value in body.items() if key in allowed}
 
 
-def _copy_artifact(uri: str, staging: Path) -> Path:
+def _copy_artifact(uri: str, staging: Path, field: str = "deploymentUri") -> Path:
     """Copy model.pkl or model.joblib from the deployment folder into `staging`."""
     import fsspec
 
     try:
         fs, folder = fsspec.core.url_to_fs(uri)
         if not fs.isdir(folder):
-            raise FailedPrecondition(f"deploymentUri {uri} is not a folder; point it at the folder "
+            raise FailedPrecondition(f"{field} {uri} is not a folder; point it at the folder "
                                      "holding model.pkl or model.joblib")
         names = {path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
     except (OSError, ValueError, ImportError) as error:
-        raise FailedPrecondition(f"cannot list deploymentUri {uri} ({one_line(error)}); check "
+        raise FailedPrecondition(f"cannot list {field} {uri} ({one_line(error)}); check "
                                  "the path and its credentials") from None
     found = [name for name in ARTIFACT_NAMES if name in names]
     if not found and names & set(TENSORFLOW_NAMES):
         raise FailedPrecondition(f"{uri} holds a SavedModel: TensorFlow models are not served "
                                  "locally; deploy a scikit-learn model.pkl or model.joblib")
     if not found:
-        raise FailedPrecondition(f"{uri} holds no model.pkl or model.joblib; point deploymentUri "
+        raise FailedPrecondition(f"{uri} holds no model.pkl or model.joblib; point {field} "
                                  "at the folder the trainer saved the model in")
     if len(found) > 1:
         raise FailedPrecondition(f"{uri} holds both model.pkl and model.joblib; keep only one")
