@@ -60,12 +60,14 @@ _JOB_SPEC_UNSUPPORTED = ("scheduling", "network", "reservedIpRanges", "tensorboa
                          "protectedArtifactLocationId", "pscInterfaceConfig")
 _STUDY_UNSUPPORTED = ("convexAutomatedStoppingSpec", "studyStoppingConfig")
 # How the HyperparameterSpec checks' messages name Vertex AI's fields (longest first).
-_VERTEX_TERMS = (("trainingInput.hyperparameters.maxParallelTrials", "parallelTrialCount"),
-                 ("trainingInput.hyperparameters.maxFailedTrials", "maxFailedTrialCount"),
-                 ("trainingInput.hyperparameters.maxTrials", "maxTrialCount"),
-                 ("trainingInput.hyperparameters.algorithm", "studySpec.algorithm"),
-                 ("trainingInput.hyperparameters.params", "studySpec.parameters"),
-                 ("trainingInput.hyperparameters", "studySpec"),
+_JOB = "hyperparameterTuningJob."
+_VERTEX_TERMS = (("trainingInput.hyperparameters.maxParallelTrials", _JOB + "parallelTrialCount"),
+                 ("trainingInput.hyperparameters.maxFailedTrials", _JOB + "maxFailedTrialCount"),
+                 ("trainingInput.hyperparameters.maxTrials", _JOB + "maxTrialCount"),
+                 ("trainingInput.hyperparameters.algorithm", _JOB + "studySpec.algorithm"),
+                 ("trainingInput.hyperparameters.goal", _JOB + "studySpec.metrics[0].goal"),
+                 ("trainingInput.hyperparameters.params", _JOB + "studySpec.parameters"),
+                 ("trainingInput.hyperparameters", _JOB + "studySpec"),
                  ("maxParallelTrials", "parallelTrialCount"), ("maxTrials", "maxTrialCount"),
                  ("parameterName", "parameterId"), ("discreteValues", "discreteValueSpec.values"),
                  ("categoricalValues", "categoricalValueSpec.values"))
