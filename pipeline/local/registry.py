@@ -8,6 +8,10 @@ Layout under the root (default `<home>/registry`), shared by every process on th
     <model>/versions/<version>/version.json   the Version (isDefault is derived from model.json)
     <model>/versions/<version>/model.pkl      (or model.joblib) the copied, verified artifact
 
+    .vertex/...                               Vertex AI models, endpoints and operations
+                                              (vertex_registry.py), sharing this lock and
+                                              `stage_artifact`
+
 Readers take no lock: every change becomes visible through one `os.rename`/`os.replace`, and
 a version is staged and verified in `<model>/.staging-*` first, so a kill -9 never leaves a half
 version visible. Names on disk use the project `local`; the registry is one namespace that

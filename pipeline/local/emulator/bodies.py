@@ -18,5 +18,5 @@ async def json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except ValueError as error:
-        raise InvalidArgument(f"the request body is not JSON ({one_line(error)}); send a JSON "
-                              "object") from None
+        raise InvalidArgument(f"the request body is not valid JSON ({one_line(error)}); send "
+                              "a JSON object") from None
