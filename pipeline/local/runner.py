@@ -21,7 +21,7 @@ from pipeline.local.cache import CacheEntry, StepCache, step_key
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
-from pipeline.ml_client import EMULATOR_HOST_ENV
+from pipeline.ml_client import EMULATOR_HOST_ENV, VERTEX_EMULATOR_HOST_ENV
 
 # Container entrypoints served by a local module instead of an image.
 LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
@@ -194,6 +194,7 @@ class LocalRunner:
                     for item in container.get("env", [])}
         env = {**os.environ, **{name: localise(value) for name, value in step_env.items()}}
         env.update({STEP_ROOT_ENV: str(root), EMULATOR_HOST_ENV: self.emulator_url,
+                    VERTEX_EMULATOR_HOST_ENV: self.emulator_url,
                     "PYTHONUNBUFFERED": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
         limit = int(template.get("retryStrategy", {}).get("limit", 0) or 0)
