@@ -184,7 +184,8 @@ def test_output_directories_follow_the_documented_layout(tmp_path, monkeypatch) 
 def test_failing_trial_is_infeasible_and_tuning_goes_on(emulator, datasets) -> None:
     ai, home = emulator
     alphas = {"parameterId": "alpha", "discreteValueSpec": {"values": [-1, 0.0001]}}
-    body = _tuning(datasets, home / "gcs" / "out" / "crash", alphas, study={"algorithm": "GRID_SEARCH"})
+    body = _tuning(datasets, home / "gcs" / "out" / "crash", alphas,
+                   study={"algorithm": "GRID_SEARCH"})
     job = _wait(ai, "hyperparameterTuningJobs",
                 _create(ai, "hyperparameterTuningJobs", body)["name"])
     assert job["state"] == "JOB_STATE_SUCCEEDED" and "error" not in job
@@ -389,8 +390,8 @@ def test_interrupted_job_ends_failed_on_restart(tmp_path, datasets, monkeypatch)
     with EmulatorServer(home=tmp_path) as server:
         monkeypatch.setenv(VERTEX_EMULATOR_HOST_ENV, server.url)
         ai = aiplatform_service(REGION)
-        name = _create(ai, "hyperparameterTuningJobs",
-                       _tuning(datasets, tmp_path / "gcs" / "out", MAX_ITER, trials=2, parallel=1))["name"]
+        body = _tuning(datasets, tmp_path / "gcs" / "out", MAX_ITER, trials=2, parallel=1)
+        name = _create(ai, "hyperparameterTuningJobs", body)["name"]
         while _jobs(ai, "hyperparameterTuningJobs").get(name=name).execute()["state"] != (
                 "JOB_STATE_RUNNING"):
             time.sleep(0.05)
