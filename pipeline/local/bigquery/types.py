@@ -1,0 +1,138 @@
+"""BigQuery types of the local warehouse's results: the one mapping from DuckDB, and bq's text.
+
+A result leaves the warehouse as an Arrow table whose fields carry their BigQuery type in the
+field metadata (`bigquery_type`), with values already in BigQuery's domain (INT64 as int64,
+TIMESTAMP in UTC, ...). The CLI and any REST surface read the type from there.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.local.bigquery.names import NotSupportedError, WarehouseError
+
+TYPE_KEY = b"bigquery_type"
+_SCALARS = {
+    "boolean": "BOOL",
+    "tinyint": "INT64", "smallint": "INT64", "integer": "INT64", "bigint": "INT64",
+    "hugeint": "INT64", "utinyint": "INT64", "usmallint": "INT64", "uinteger": "INT64",
+    "ubigint": "INT64", "uhugeint": "INT64",
+    "float": "FLOAT64", "double": "FLOAT64",
+    "varchar": "STRING", "blob": "BYTES",
+    "date": "DATE", "time": "TIME", "timestamp": "DATETIME",
+    "timestamp with time zone": "TIMESTAMP",
+    "null": "INT64",  # BigQuery types an untyped NULL as INT64
+}
+_ARROW = {
+    "BOOL": pa.bool_(), "INT64": pa.int64(), "FLOAT64": pa.float64(), "STRING": pa.string(),
+    "BYTES": pa.binary(), "DATE": pa.date32(), "TIME": pa.time64("us"),
+    "DATETIME": pa.timestamp("us"), "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+    "JSON": pa.string(),
+}
+
+
+def bigquery_type(duckdb_type: duckdb.typing.DuckDBPyType) -> str:
+    """BigQuery's name for a DuckDB result type, e.g. `ARRAY<STRUCT<a INT64, b STRING>>`.
+
+    Raises:
+        NotSupportedError: a type with no BigQuery counterpart the stand-in verified.
+    """
+    if str(duckdb_type) == "JSON":
+        return "JSON"
+    kind = duckdb_type.id
+    if kind in _SCALARS:
+        return _SCALARS[kind]
+    if kind in ("list", "array"):
+        return f"ARRAY<{bigquery_type(dict(duckdb_type.children)['child'])}>"
+    if kind == "struct":
+        fields = ", ".join(f"{name} {bigquery_type(child)}" for name, child in duckdb_type.children)
+        return f"STRUCT<{fields}>"
+    raise NotSupportedError(f"a result of DuckDB type {duckdb_type}")
+
+
+def arrow_type(bigquery: str) -> pa.DataType:
+    """The Arrow type holding values of a BigQuery type (as `bigquery_type` spells it)."""
+    if bigquery.startswith("ARRAY<"):
+        return pa.list_(arrow_type(bigquery[6:-1]))
+    if bigquery.startswith("STRUCT<"):
+        return pa.struct([pa.field(name, arrow_type(kind)) for name, kind in struct_fields(bigquery)])
+    return _ARROW[bigquery]
+
+
+def struct_fields(bigquery: str) -> list[tuple[str, str]]:
+    """`STRUCT<a INT64, b ARRAY<STRING>>` -> [("a", "INT64"), ("b", "ARRAY<STRING>")]."""
+    fields, depth, start, body = [], 0, 0, bigquery[7:-1]
+    for index, char in enumerate(body + ","):
+        depth += {"<": 1, ">": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            name, _, kind = body[start:index].strip().partition(" ")
+            fields.append((name, kind))
+            start = index + 1
+    return fields if body else []
+
+
+def to_bigquery_table(relation: duckdb.DuckDBPyRelation, names: list[str]) -> pa.Table:
+    """Fetch a DuckDB result as Arrow with BigQuery types (metadata) and values.
+
+    Integers of any width become int64 (an overflowing HUGEINT sum is an error, as it is
+    in BigQuery), an untyped NULL column becomes INT64.
+    """
+    kinds = [bigquery_type(kind) for kind in relation.types]
+    table = relation.to_arrow_table()
+    schema = pa.schema([
+        pa.field(name, arrow_type(kind), metadata={TYPE_KEY: kind.encode()})
+        for name, kind in zip(names, kinds, strict=True)
+    ])
+    try:
+        return table.rename_columns(names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise WarehouseError(f"query failed: {str(error).splitlines()[0]}") from None
+
+
+def column_types(table: pa.Table) -> list[str]:
+    """The BigQuery type of each column of a warehouse result."""
+    return [field.metadata[TYPE_KEY].decode() for field in table.schema]
+
+
+def bq_text(value: Any, kind: str) -> Any:
+    """A value as the bq CLI prints it in JSON output: scalars as strings, NULL as None,
+    arrays as lists and structs as objects of such values."""
+    if value is None:
+        return None
+    if kind.startswith("ARRAY<"):
+        return [bq_text(item, kind[6:-1]) for item in value]
+    if kind.startswith("STRUCT<"):
+        return {name: bq_text(value.get(name), field) for name, field in struct_fields(kind)}
+    return scalar_text(value, kind)
+
+
+def scalar_text(value: Any, kind: str) -> str:
+    """One non-NULL scalar as BigQuery's REST API and bq print it."""
+    if kind == "BOOL":
+        return "true" if value else "false"
+    if kind == "FLOAT64":
+        return _float_text(value)
+    if kind == "BYTES":
+        return base64.b64encode(value).decode()
+    if kind == "TIMESTAMP":
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0") \
+            .rstrip(".") + " UTC"
+    if kind == "DATETIME":
+        return value.isoformat(sep="T")
+    if kind == "JSON":
+        return json.dumps(json.loads(value), separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
