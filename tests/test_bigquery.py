@@ -234,10 +234,8 @@ def test_query_action_retry_reuses_its_table(
     for _ in range(2):
         outputs = query_action(split_query((8,)), "local", "splits", "", output, "US", "")
     assert outputs == {"output_gcs_path": output}
-    with Warehouse() as warehouse:
-        tables = warehouse.query(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'splits'"
-        ).column(0).to_pylist()
+    tables = [row[1] for row in snapshot(warehouse_file)
+              if len(row) == 4 and row[0] == "splits"]
     assert len(tables) == 1 and tables[0].startswith("query_")
 
 

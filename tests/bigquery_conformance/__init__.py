@@ -57,7 +57,7 @@ def load_cases() -> list[Case]:
             cases.append(Case(
                 family=path.stem, function=raw["function"],
                 source=f"{data['page']}#{raw['anchor']}", query=raw["query"],
-                columns=[(name, kind.replace(" ", "").replace(",", ", ")) for name, kind in columns],
+                columns=[(name, kind.strip()) for name, kind in columns],
                 rows=raw["rows"], ordered=raw.get("ordered", False), note=raw.get("note", ""),
                 normalize=raw.get("normalize", ""),
                 index=index,
@@ -91,9 +91,10 @@ def differences(case: Case, table: Any) -> list[str]:
         candidates = [unmatched[0]] if case.ordered else unmatched
         match = next((row for row in candidates
                       if all(_equal(value, want, kind)
-                             for value, want, kind in zip(row, expected, expected_kinds))), None)
+                             for value, want, kind in zip(row, expected, expected_kinds,
+                                                          strict=True))), None)
         if match is None:
-            return [f"row {position} {expected} not in {unmatched if not case.ordered else unmatched[:1]}"]
+            return [f"row {position} {expected} not in {candidates}"]
         unmatched.remove(match)
     return []
 
@@ -104,7 +105,8 @@ def _normalized(value: Any, form: str) -> Any:
 
 
 def _normal(kind: str) -> str:
-    return re.sub(r"\s+", " ", kind.replace("<", "<").strip()).replace(", ", ",")
+    """A type's spelling without optional spaces: `STRUCT<a INT64,b STRING>`."""
+    return re.sub(r"\s*,\s*", ",", re.sub(r"\s+", " ", kind.strip()))
 
 
 def _equal(value: Any, expected: Any, kind: str) -> bool:
@@ -113,7 +115,7 @@ def _equal(value: Any, expected: Any, kind: str) -> bool:
         return expected is None and value is None
     if kind.startswith("ARRAY<"):
         return (isinstance(value, list) and len(value) == len(expected)
-                and all(_equal(v, e, kind[6:-1]) for v, e in zip(value, expected)))
+                and all(_equal(v, e, kind[6:-1]) for v, e in zip(value, expected, strict=True)))
     if kind.startswith("STRUCT<"):
         fields = struct_fields(kind.replace(",", ", "))
         return all(_equal(value.get(name), expected.get(name), sub) for name, sub in fields)
@@ -163,4 +165,26 @@ def _timestamp(text: str) -> dt.datetime:
     """A TIMESTAMP as the page prints it: `... UTC`, `...+00` or `...+00:00`."""
     text = text.strip().replace(" UTC", "+00:00")
     text = re.sub(r"([+-]\d{2})$", r"\1:00", text)
-    return dt.datetime.fromisoformat(text).astimezone(dt.timezone.utc)
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the local BigQuery did with a case: `pass`, `refused`, `wrong` or `error`."""
+
+    status: str
+    detail: str = ""
+
+
+def outcome(warehouse: Any, case: Case) -> Outcome:
+    """Run a case on an open Warehouse and judge the result against the page."""
+    from pipeline.local.bigquery import NotSupportedError, WarehouseError
+
+    try:
+        table = warehouse.query(case.query)
+    except NotSupportedError as refusal:
+        return Outcome("refused", refusal.what)
+    except WarehouseError as error:
+        return Outcome("error", str(error))
+    problems = differences(case, table)
+    return Outcome("wrong", "; ".join(problems)) if problems else Outcome("pass")

@@ -8,7 +8,11 @@ the allowlist gate), `rules` + `functions` + `temporal` (the verified functions)
 from pipeline.local.bigquery.fingerprints import fingerprint64
 from pipeline.local.bigquery.jobs import validate_query_job
 from pipeline.local.bigquery.names import (
-    CACHE_DATASET, DEFAULT_DATASET, NotSupportedError, WarehouseError, parse_table_name,
+    CACHE_DATASET,
+    DEFAULT_DATASET,
+    NotSupportedError,
+    WarehouseError,
+    parse_table_name,
     validate_identifier,
 )
 from pipeline.local.bigquery.warehouse import Warehouse

@@ -15,8 +15,18 @@ from sqlglot import exp
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
-from pipeline.local.bigquery import functions, temporal  # noqa: F401  (register the rules)
-from pipeline.local.bigquery.names import NotSupportedError, WarehouseError, first_line, validate_identifier
+from pipeline.local.bigquery import (  # noqa: F401  (importing registers the rules)
+    aggregates,
+    functions,
+    strings,
+    temporal,
+)
+from pipeline.local.bigquery.names import (
+    NotSupportedError,
+    WarehouseError,
+    first_line,
+    validate_identifier,
+)
 from pipeline.local.bigquery.rules import ID_KEY, RULES, Context, name_of
 
 # (dataset, table) -> [(column, BigQuery type)] of an existing table, or None.
@@ -30,8 +40,8 @@ STRUCTURE: tuple[type[exp.Expression], ...] = (
     exp.Paren, exp.Literal, exp.Null, exp.Boolean, exp.And, exp.Or, exp.Not, exp.EQ,
     exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Add,
     exp.Sub, exp.Mul, exp.Neg, exp.With, exp.CTE, exp.Subquery, exp.Union, exp.Join,
-    exp.Distinct, exp.Tuple, exp.ByteString, exp.RawString, exp.HexString, exp.Schema, exp.ColumnDef,
-    exp.Values, exp.Set, exp.SetItem, exp.Struct, exp.PropertyEQ,
+    exp.Distinct, exp.Tuple, exp.ByteString, exp.RawString, exp.HexString, exp.Schema,
+    exp.ColumnDef,    exp.Values, exp.Set, exp.SetItem, exp.PropertyEQ,
 )
 STATEMENTS = (exp.Query, exp.Create, exp.Drop, exp.Insert, exp.Update, exp.Delete, exp.Alter)
 # Arguments their parent's rule checks as a whole (a date part, an interval, a type).
@@ -165,10 +175,12 @@ def _rewrite(statement: exp.Expression, context: Context) -> None:
         rule = RULES.get(type(node))
         try:
             if rule is not None:
+                parent, key, index = node.parent, node.arg_key, node.index
                 replacement = rule(node, context)
                 if replacement is not None and replacement is not node:
+                    # set, not node.replace: the replacement may hold the node itself
                     replacement.meta[ID_KEY] = node.meta.get(ID_KEY)
-                    node.replace(replacement)
+                    parent.set(key, replacement, index)
             elif not _accepted(node):
                 raise NotSupportedError(name_of(node))
             elif isinstance(node, exp.Literal) and not node.is_string:

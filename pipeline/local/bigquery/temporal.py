@@ -44,7 +44,8 @@ def _weekday(text: str) -> exp.Expression:
     return exp.Literal.number(_WEEKDAYS.index(day))
 
 
-def _as(node: exp.Expression, ctx: Context, what: str, kinds: set[str]) -> tuple[exp.Expression, str]:
+def _as(node: exp.Expression, ctx: Context, what: str,
+        kinds: set[str]) -> tuple[exp.Expression, str]:
     """The argument cast to its DuckDB type; a string literal counts as the first kind."""
     if isinstance(node, exp.Literal) and node.is_string:
         kind = next(iter(sorted(kinds)))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import math
+from decimal import Decimal
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.local.bigquery.names import NotSupportedError, WarehouseError
 
@@ -61,7 +62,8 @@ def arrow_type(bigquery: str) -> pa.DataType:
     if bigquery.startswith("ARRAY<"):
         return pa.list_(arrow_type(bigquery[6:-1]))
     if bigquery.startswith("STRUCT<"):
-        return pa.struct([pa.field(name, arrow_type(kind)) for name, kind in struct_fields(bigquery)])
+        return pa.struct([pa.field(name, arrow_type(kind))
+                          for name, kind in struct_fields(bigquery)])
     return _ARROW[bigquery]
 
 
@@ -90,9 +92,25 @@ def to_bigquery_table(relation: duckdb.DuckDBPyRelation, names: list[str]) -> pa
         for name, kind in zip(names, kinds, strict=True)
     ])
     try:
-        return table.rename_columns(names).cast(schema)
+        result = table.rename_columns(names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise WarehouseError(f"query failed: {str(error).splitlines()[0]}") from None
+    for name, column in zip(names, result.columns, strict=True):
+        if _null_element(column.type, column):
+            raise WarehouseError("Array cannot have a null element; error in writing field "
+                                 f"{name}")
+    return result
+
+
+def _null_element(kind: pa.DataType, values: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether an array in these values holds a NULL (BigQuery refuses such results)."""
+    if pa.types.is_list(kind):
+        items = pc.list_flatten(values)
+        return items.null_count > 0 or _null_element(kind.value_type, items)
+    if pa.types.is_struct(kind):
+        return any(_null_element(field.type, pc.struct_field(values, field.name))
+                   for field in kind)
+    return False
 
 
 def column_types(table: pa.Table) -> list[str]:
@@ -100,39 +118,55 @@ def column_types(table: pa.Table) -> list[str]:
     return [field.metadata[TYPE_KEY].decode() for field in table.schema]
 
 
-def bq_text(value: Any, kind: str) -> Any:
-    """A value as the bq CLI prints it in JSON output: scalars as strings, NULL as None,
-    arrays as lists and structs as objects of such values."""
+def api_value(value: Any, kind: str) -> Any:
+    """A value as BigQuery's REST API returns it in query results: each scalar a string
+    (FLOAT64 in Java's notation, TIMESTAMP as epoch seconds, BYTES in base64), NULL as None,
+    an ARRAY a list and a STRUCT a dict of such values."""
     if value is None:
         return None
     if kind.startswith("ARRAY<"):
-        return [bq_text(item, kind[6:-1]) for item in value]
+        return [api_value(item, kind[6:-1]) for item in value]
     if kind.startswith("STRUCT<"):
-        return {name: bq_text(value.get(name), field) for name, field in struct_fields(kind)}
-    return scalar_text(value, kind)
-
-
-def scalar_text(value: Any, kind: str) -> str:
-    """One non-NULL scalar as BigQuery's REST API and bq print it."""
+        return {name: api_value(value.get(name), field) for name, field in struct_fields(kind)}
     if kind == "BOOL":
         return "true" if value else "false"
     if kind == "FLOAT64":
-        return _float_text(value)
+        return java_double(value)
     if kind == "BYTES":
         return base64.b64encode(value).decode()
     if kind == "TIMESTAMP":
-        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0") \
-            .rstrip(".") + " UTC"
-    if kind == "DATETIME":
-        return value.isoformat(sep="T")
-    if kind == "JSON":
-        return json.dumps(json.loads(value), separators=(",", ":"), ensure_ascii=False)
+        return java_double((value - _EPOCH).total_seconds())
+    if kind in ("DATETIME", "TIME"):
+        return value.isoformat()
     return str(value)
 
 
-def _float_text(value: float) -> str:
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def java_double(value: float) -> str:
+    """Java's Double.toString, the API's notation for floating point values: the shortest
+    digits, plain between 10^-3 and 10^7 ("3.0"), else scientific ("1.0E20")."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
+    if value == 0:
+        return "-0.0" if math.copysign(1, value) < 0 else "0.0"
+    digits, exponent = _shortest_digits(abs(value))
+    sign = "-" if value < 0 else ""
+    if 1e-3 <= abs(value) < 1e7:
+        point = exponent + 1
+        if point <= 0:
+            return f"{sign}0.{'0' * -point}{digits}"
+        whole, fraction = digits[:point].ljust(point, "0"), digits[point:] or "0"
+        return f"{sign}{whole}.{fraction}"
+    return f"{sign}{digits[0]}.{digits[1:] or '0'}E{exponent}"
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """The shortest round-tripping decimal digits of a positive float (Python's repr) and
+    the exponent of the first digit: 1234.5 -> ("12345", 3)."""
+    _, digits, exponent = Decimal(repr(value)).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    return text, len(digits) + int(exponent) - 1

@@ -17,12 +17,15 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from pipeline.local.bigquery import functions, loading
+from pipeline.local.bigquery import aggregates, functions, loading
 from pipeline.local.bigquery.dialect import parse, translate
 from pipeline.local.bigquery.fingerprints import FingerprintCache
 from pipeline.local.bigquery.jobs import plan_query_job
 from pipeline.local.bigquery.names import (
-    WarehouseError, first_line, parse_table_name, quote,
+    WarehouseError,
+    first_line,
+    parse_table_name,
+    quote,
 )
 from pipeline.local.bigquery.types import bigquery_type, to_bigquery_table
 from pipeline.local.home import warehouse_path
@@ -129,8 +132,8 @@ class Warehouse:
             else:
                 rows = self._write_table(self._named_sql(statement), destination, write, create)
                 if output_gcs_path:
-                    loading.export_csv(self._sql, f"SELECT * FROM {'.'.join(map(quote, destination))}",
-                                       output_gcs_path)
+                    source = f"SELECT * FROM {'.'.join(map(quote, destination))}"
+                    loading.export_csv(self._sql, source, output_gcs_path)
         table = ".".join(destination) if destination else ""
         print(f"bigquery job {job_id} ({dataset_location}): {rows} rows"
               + (f" -> {table}" if table else "")
@@ -171,7 +174,7 @@ class Warehouse:
     def _row_json(self, alias: str, columns: list[tuple]) -> str:
         """TO_JSON_STRING(alias) of a base table with these columns, as the query computes it."""
         fields = [(c[2], bigquery_type(duckdb.sqltype(c[3]))) for c in columns]
-        return functions.row_json(exp.column(alias, quoted=True), fields).sql(dialect="duckdb")
+        return aggregates.row_json(exp.column(alias, quoted=True), fields).sql(dialect="duckdb")
 
     def _use_fingerprint_cache(self, statement: exp.Expression) -> None:
         for node in list(statement.find_all(exp.FarmFingerprint)):
