@@ -36,7 +36,8 @@ Catalog = Callable[[str, str], "list[tuple[str, str]] | None"]
 # meaning for each as sqlglot renders it. Function-like nodes are governed by RULES instead.
 STRUCTURE: tuple[type[exp.Expression], ...] = (
     exp.Select, exp.From, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
-    exp.Limit, exp.Alias, exp.Column, exp.Identifier, exp.Table, exp.TableAlias, exp.Star,
+    exp.Limit, exp.Offset, exp.Alias, exp.Column, exp.Identifier, exp.Table, exp.TableAlias,
+    exp.Star,
     exp.Paren, exp.Literal, exp.Null, exp.Boolean, exp.And, exp.Or, exp.Not, exp.EQ,
     exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Add,
     exp.Sub, exp.Mul, exp.Neg, exp.With, exp.CTE, exp.Subquery, exp.Union, exp.Join,

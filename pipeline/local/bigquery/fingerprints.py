@@ -15,7 +15,14 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from pipeline.local.bigquery.names import CACHE_DATASET, WarehouseError, first_line, literal, quote
+from pipeline.local.bigquery.names import (
+    CACHE_DATASET,
+    NotSupportedError,
+    WarehouseError,
+    first_line,
+    literal,
+    quote,
+)
 
 # TO_JSON_STRING(row) in DuckDB is this alias's row JSON (part of the cache signature).
 ROW_ALIAS = "_covertype_row"
@@ -113,7 +120,10 @@ class FingerprintCache:
         )[0]
         if last is not None and last > 2 * count + 2048:
             return False
-        row_json = self.row_json(ROW_ALIAS, columns)
+        try:
+            row_json = self.row_json(ROW_ALIAS, columns)
+        except NotSupportedError:
+            return False  # TO_JSON_STRING of such rows is refused anyway
         layout = ",".join(f"{c[2]}:{c[3]}" for c in columns)
         signature = f"duckdb {duckdb.__version__}|{row_json}|{layout}|{count}|{checksum}"
         if self._tables.get(key, ("",))[0] == signature:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.errors import one_line
+
 DEFAULT_DATASET = "kfp_tmp_dataset"
 # Hidden dataset (BigQuery hides names starting with "_") holding fingerprint caches.
 CACHE_DATASET = "_covertype_cache"
@@ -18,8 +20,8 @@ class NotSupportedError(WarehouseError):
     """A function or form of BigQuery SQL the stand-in has not verified, so it refuses it."""
 
     def __init__(self, what: str) -> None:
-        self.what = what
-        super().__init__(f"not supported by the local BigQuery: {what} (see {DOCS})")
+        self.what = one_line(what)
+        super().__init__(f"not supported by the local BigQuery: {self.what} (see {DOCS})")
 
 
 def first_line(error: BaseException) -> str:

@@ -44,6 +44,15 @@ def _unicode(node: exp.Expression, ctx: Context) -> exp.Expression:
                     default=call("unicode", node.this))
 
 
+@rule(exp.Like)
+def _like(node: exp.Expression, ctx: Context) -> None:
+    """LIKE with a literal pattern without backslashes (BigQuery escapes with one, DuckDB
+    does not)."""
+    if node.args.get("escape") is not None or "\\" in string_literal(node.expression, "LIKE"):
+        raise NotSupportedError("LIKE with an escape")
+    ctx.require("LIKE", node.this, {"STRING", "NULL"})
+
+
 @rule(exp.Concat, exp.DPipe)
 def _concat(node: exp.Expression, ctx: Context) -> exp.Expression:
     """CONCAT and ||: NULL if any argument is NULL; INT64 arguments become their digits."""
