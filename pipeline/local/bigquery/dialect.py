@@ -35,14 +35,13 @@ Catalog = Callable[[str, str], "list[tuple[str, str]] | None"]
 # Query structure the suite and the pipeline's own queries exercise; DuckDB gives BigQuery's
 # meaning for each as sqlglot renders it. Function-like nodes are governed by RULES instead.
 STRUCTURE: tuple[type[exp.Expression], ...] = (
-    exp.Select, exp.From, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
-    exp.Limit, exp.Offset, exp.Alias, exp.Column, exp.Identifier, exp.Table, exp.TableAlias,
-    exp.Star,
-    exp.Paren, exp.Literal, exp.Null, exp.Boolean, exp.And, exp.Or, exp.Not, exp.EQ,
-    exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Add,
-    exp.Sub, exp.Mul, exp.Neg, exp.With, exp.CTE, exp.Subquery, exp.Union, exp.Join,
-    exp.Distinct, exp.Tuple, exp.ByteString, exp.RawString, exp.HexString, exp.Schema,
-    exp.ColumnDef,    exp.Values, exp.Set, exp.SetItem, exp.PropertyEQ,
+    exp.Select, exp.From, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered, exp.Limit,
+    exp.Offset, exp.Alias, exp.Column, exp.Identifier, exp.Table, exp.TableAlias, exp.Star,
+    exp.Paren, exp.Literal, exp.Null, exp.Boolean, exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ,
+    exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Neg, exp.With,
+    exp.CTE, exp.Subquery, exp.Union, exp.Join, exp.Distinct, exp.Tuple, exp.ByteString,
+    exp.RawString, exp.HexString, exp.Schema, exp.ColumnDef, exp.Values, exp.Set,
+    exp.SetItem, exp.PropertyEQ,
 )
 STATEMENTS = (exp.Query, exp.Create, exp.Drop, exp.Insert, exp.Update, exp.Delete, exp.Alter)
 # Arguments their parent's rule checks as a whole (a date part, an interval, a type).
@@ -138,13 +137,10 @@ def _annotate(statement: exp.Expression, catalog: Catalog | None) -> dict[int, s
         columns = catalog(table.db, table.name) if catalog and table.db else None
         if columns:
             schema.setdefault(table.db, {})[table.name] = dict(columns)
-    query = statement if isinstance(statement, exp.Query) else statement.args.get("expression")
-    if not isinstance(query, exp.Query):
-        query = statement
     try:
         annotated = annotate_types(
-            qualify(query.copy(), schema=schema, dialect="bigquery", quote_identifiers=False,
-                    validate_qualify_columns=False),
+            qualify(_typing_query(statement), schema=schema, dialect="bigquery",
+                    quote_identifiers=False, validate_qualify_columns=False),
             schema=schema, dialect="bigquery",
         )
     except (sqlglot.errors.SqlglotError, KeyError, ValueError, AttributeError):
@@ -163,6 +159,21 @@ def _annotate(statement: exp.Expression, catalog: Catalog | None) -> dict[int, s
         if identifier is not None and identifier.meta.get(ID_KEY) in rows:
             types.setdefault(column.meta[ID_KEY], rows[identifier.meta[ID_KEY]])
     return types
+
+
+def _typing_query(statement: exp.Expression) -> exp.Expression:
+    """A copy of the statement's expressions in a query sqlglot can type: the statement
+    itself, INSERT's SELECT, or UPDATE's and DELETE's expressions over their table."""
+    if isinstance(statement, exp.Query):
+        return statement.copy()
+    if isinstance(statement.args.get("expression"), exp.Query):
+        return statement.args["expression"].copy()
+    if isinstance(statement, exp.Update | exp.Delete) and isinstance(statement.this, exp.Table):
+        values = [item.expression.copy() for item in statement.expressions] or [exp.Star()]
+        query = exp.select(*values).from_(statement.this.copy())
+        where = statement.args.get("where")
+        return query.where(where.this.copy()) if where is not None else query
+    return statement.copy()
 
 
 def _rewrite(statement: exp.Expression, context: Context) -> None:

@@ -105,8 +105,12 @@ def _cast(node: exp.Expression, ctx: Context) -> exp.Expression | None:
         return call(converter, source, exp.Boolean(this=safe))
     if target == "BYTES" and kind == "STRING":
         return call("encode", source)
-    if target == "STRING" and kind == "BYTES" and not safe:
-        return call("decode", source)
+    if target == "STRING" and kind == "BYTES":  # DuckDB's cast escapes the bytes instead
+        if not safe:
+            return call("decode", source)
+        if not isinstance(source, exp.Column | exp.Literal | exp.ByteString):
+            raise NotSupportedError("SAFE_CAST from BYTES to STRING of an expression")
+        return call("TRY", call("decode", source))
     return None
 
 
@@ -264,6 +268,15 @@ def _named(node: exp.Expression, ctx: Context) -> exp.Expression:
         ctx.require("IEEE_DIVIDE", argument, NUMBERS)
     x, y = (cast(argument, "DOUBLE") for argument in node.expressions)
     return exp.Div(this=x, expression=y)
+
+
+@rule(exp.Add, exp.Sub, exp.Mul)
+def _arithmetic(node: exp.Expression, ctx: Context) -> None:
+    """+, -, * of INT64 and FLOAT64 (DuckDB's date and interval arithmetic gives other types
+    than BigQuery's). Overflow is an error in both."""
+    what = {exp.Add: "+", exp.Sub: "-"}.get(type(node), "*")
+    for argument in (node.this, node.expression):
+        ctx.require(what, argument, NUMBERS)
 
 
 @rule(exp.Div)
