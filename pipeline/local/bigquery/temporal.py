@@ -17,12 +17,26 @@ from pipeline.local.bigquery.rules import Context, call, cast, interval_count, r
 _WEEKDAYS = ("SUNDAY", "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY")
 _DUCKDB_TYPES = {"DATE": "DATE", "DATETIME": "TIMESTAMP", "TIME": "TIME",
                  "TIMESTAMP": "TIMESTAMPTZ"}
-# FORMAT_* elements the suite verified, as DuckDB strftime elements.
-_FORMAT_ELEMENTS = {"%Y": "%Y", "%m": "%m", "%d": "%d", "%b": "%b", "%H": "%H", "%M": "%M",
-                    "%S": "%S", "%x": "%m/%d/%y", "%R": "%H:%M", "%c": "%a %b %-d %H:%M:%S %Y"}
+# FORMAT_* elements the suite verified, as DuckDB strftime elements; %e (a space-padded day,
+# inside %c) has no strftime element and is computed.
+_FORMAT_ELEMENTS = {"%Y": "%Y", "%y": "%y", "%m": "%m", "%d": "%d", "%b": "%b", "%H": "%H",
+                    "%M": "%M", "%S": "%S", "%R": "%H:%M", "%c": "%a %b %e %H:%M:%S %Y"}
+# Elements of a time of day have no meaning for a DATE, and dates none for a TIME.
+_NOT_FOR = {"DATE": {"%H", "%M", "%S", "%R", "%c"}, "TIME": {"%Y", "%y", "%m", "%d", "%b", "%c"}}
 # PARSE_* elements the suite verified, as DuckDB strptime elements.
 _PARSE_ELEMENTS = {"%Y": "%Y", "%m": "%m", "%d": "%d", "%H": "%H", "%M": "%M", "%S": "%S",
                    "%I": "%I", "%p": "%p"}
+# sqlglot stores BigQuery format strings in its own notation (%x as %m/%d/%y, %F as
+# %Y-%m-%d: the same elements); these undo the expansions that are not plain elements.
+_SQLGLOT_ELEMENTS = [("%a %b %e %H:%M:%S %Y", "%c"), ("%S.%f", "%E6S"), ("%-d", "%e")]
+
+
+def format_elements(node: exp.Expression | None, what: str) -> list[str]:
+    """A literal format string split into BigQuery elements (`%x`) and literal text."""
+    template = string_literal(node, what)
+    for sqlglot_form, element in _SQLGLOT_ELEMENTS:
+        template = template.replace(sqlglot_form, element)
+    return [piece for piece in re.split(r"(%E6S|%.)", template) if piece]
 
 
 def part(node: exp.Expression | None, what: str, allowed: set[str]) -> str:
@@ -292,28 +306,34 @@ def _format(node: exp.Expression, ctx: Context) -> exp.Expression:
     kind = {exp.TsOrDsToDate: "DATE", exp.TsOrDsToDatetime: "DATETIME",
             exp.TsOrDsToTime: "TIME", exp.TsOrDsToTimestamp: "TIMESTAMP"}.get(type(inner))
     what = f"FORMAT_{kind or 'TIMESTAMP'}"
-    value_node = inner.this if kind else inner
-    value, kind = _as(value_node, ctx, what, {kind or "TIMESTAMP"})
+    value, kind = _as(inner.this if kind else inner, ctx, what, {kind or "TIMESTAMP"})
     zone = node.args.get("zone")
     if zone is not None and _zone(zone).this != "UTC":
         raise NotSupportedError(f"{what} with a time zone other than UTC")
-    template = string_literal(node.args.get("format"), what)
-    pieces = re.split(r"(%.)", template)
-    duckdb_format = []
-    for piece in pieces:
-        if piece.startswith("%") and len(piece) == 2:
-            if piece == "%Z" and kind == "TIMESTAMP":
-                duckdb_format.append("UTC")
-                continue
-            if piece not in _FORMAT_ELEMENTS:
-                raise NotSupportedError(f"{what} with {piece}")
-            duckdb_format.append(_FORMAT_ELEMENTS[piece])
-        else:
-            duckdb_format.append(piece.replace("%", "%%"))
     local = cast(value, "TIMESTAMP") if kind == "TIMESTAMP" else value
     if kind == "TIME":  # DuckDB formats times as timestamps
         local = exp.Add(this=cast(exp.Literal.string("1970-01-01"), "DATE"), expression=value)
-    return call("strftime", local, exp.Literal.string("".join(duckdb_format)))
+    text = ""
+    for piece in format_elements(node.args.get("format"), what):
+        if piece == "%Z" and kind == "TIMESTAMP":
+            text += "UTC"
+        elif piece.startswith("%") and piece != "%%":
+            if piece not in _FORMAT_ELEMENTS or piece in _NOT_FOR.get(kind, ()):
+                raise NotSupportedError(f"{what} with {piece}")
+            text += _FORMAT_ELEMENTS[piece]
+        else:
+            text += piece.replace("%", "%%")
+    parts = [call("strftime", local.copy(), exp.Literal.string(chunk)) if chunk else None
+             for chunk in text.split("%e")]
+    day = call("lpad", cast(call("day", local.copy()), "VARCHAR"), exp.Literal.number(2),
+               exp.Literal.string(" "))
+    result: exp.Expression | None = None
+    for index, part_node in enumerate(parts):
+        pieces = ([day.copy()] if index else []) + ([part_node] if part_node else [])
+        for piece_node in pieces:
+            result = piece_node if result is None else exp.DPipe(
+                this=result, expression=piece_node, safe=False)
+    return result if result is not None else exp.Literal.string("")
 
 
 @rule(exp.StrToDate, exp.ParseDatetime, exp.ParseTime, exp.StrToTime)
@@ -326,16 +346,16 @@ def _parse(node: exp.Expression, ctx: Context) -> exp.Expression:
                                                               ("PARSE_TIMESTAMP", "TIMESTAMP"))
     if node.args.get("zone") is not None:
         raise NotSupportedError(f"{what} with a time zone")
-    template = string_literal(node.args.get("format"), what)
+    pieces = format_elements(node.args.get("format"), what)
     ctx.require(what, node.this, {"STRING", "NULL"})
-    pieces = re.split(r"(%.)", template)
     for piece in pieces:
-        if piece.startswith("%") and len(piece) == 2 and piece not in _PARSE_ELEMENTS:
+        if piece.startswith("%") and piece not in _PARSE_ELEMENTS:
             raise NotSupportedError(f"{what} with {piece}")
         if not piece.startswith("%") and not re.fullmatch(r"[-/:. ]*", piece):
             raise NotSupportedError(f"{what} with the literal text {piece!r}")
     if "%p" in pieces and "%I" not in pieces:
         raise NotSupportedError(f"{what} with %p and no %I")
+    template = "".join(pieces)
     defaults = [("%Y", "1970"), ("%m", "01"), ("%d", "01")]
     missing = [(element, value) for element, value in defaults if element not in pieces]
     text = node.this
