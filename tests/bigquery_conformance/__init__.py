@@ -6,6 +6,11 @@ function reference (`page` + `#anchor` is the source): the query, the result's c
 digits the page prints, BYTES as base64 (or `{escaped: ...}` where the page prints escapes),
 DATE/DATETIME/TIME/TIMESTAMP parsed, JSON as parsed JSON; rows in any order unless the case
 says `ordered: true`.
+
+The pages were read from stored copies of docs.cloud.google.com (the apstndb/bigquery-docs-
+mirror repository holds them as markdown). Examples whose shown result contradicts the page's
+own query (a typo in a value, a column the query does not select) were left out; a case whose
+page shows its text normalized says so in `normalize` and `note`.
 """
 from __future__ import annotations
 
