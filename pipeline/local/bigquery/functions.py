@@ -19,49 +19,49 @@ from pipeline.local.bigquery.rules import NUMBERS, Context, allow, call, cast, r
 MACROS = (
     # A math function of finite arguments with a non-finite result is an error in BigQuery
     # (SQRT(-1), LN(0), POW(0, -1), EXP(1000)), where DuckDB returns NaN or infinity.
-    "CREATE OR REPLACE MACRO bq_finite(r, name, a, b) AS CASE WHEN isfinite(a) "
+    "CREATE OR REPLACE TEMP MACRO bq_finite(r, name, a, b) AS CASE WHEN isfinite(a) "
     "AND isfinite(b) AND NOT isfinite(r) THEN error('Floating point error in function ' || "
     "name) ELSE r END",
     # Integer division rounding down (for UNIX_MILLIS and friends), exact on BIGINT.
-    "CREATE OR REPLACE MACRO bq_floor_div(x, d) AS (x - (((x % d) + d) % d)) // d",
+    "CREATE OR REPLACE TEMP MACRO bq_floor_div(x, d) AS (x - (((x % d) + d) % d)) // d",
     # The first day of the week starting on weekday w (0 = Sunday) that contains d.
-    "CREATE OR REPLACE MACRO bq_week_start(d, w) AS "
+    "CREATE OR REPLACE TEMP MACRO bq_week_start(d, w) AS "
     "CAST(d AS DATE) - CAST((dayofweek(d) - w + 7) % 7 AS INTEGER)",
     # BigQuery's WEEK(<w>) number: days before the year's first <w> are in week 0.
-    "CREATE OR REPLACE MACRO bq_week(d, w) AS "
+    "CREATE OR REPLACE TEMP MACRO bq_week(d, w) AS "
     "(dayofyear(d) + 6 - (dayofweek(d) - w + 7) % 7) // 7",
     # The first day of d's ISO year: the Monday of the week holding that year's 4 January.
-    "CREATE OR REPLACE MACRO bq_isoyear_start(d) AS "
+    "CREATE OR REPLACE TEMP MACRO bq_isoyear_start(d) AS "
     "bq_week_start(make_date(CAST(isoyear(d) AS BIGINT), 1, 4), 1)",
     # INT64 in TO_JSON_STRING: a number within +-2^53, else a string (JSON encodings).
     # CAST from STRING: decimal or 0x hex INT64; FLOAT64 literals and [+-]inf/infinity/nan;
     # 'true'/'false' in any case. Anything else is an error (SAFE_CAST: NULL).
-    "CREATE OR REPLACE MACRO bq_parse_int64(s) AS CASE "
+    "CREATE OR REPLACE TEMP MACRO bq_parse_int64(s) AS CASE "
     "WHEN regexp_full_match(s, '[+-]?[0-9]+') THEN TRY_CAST(s AS BIGINT) "
     "WHEN regexp_full_match(s, '[+-]?0[xX][0-9a-fA-F]{1,16}') THEN TRY_CAST((CASE WHEN "
     "s[1] = '-' THEN -1 ELSE 1 END) * TRY_CAST(regexp_replace(s, '^[+-]', '') AS UBIGINT) "
     "AS BIGINT) END",
-    "CREATE OR REPLACE MACRO bq_parse_float64(s) AS CASE "
+    "CREATE OR REPLACE TEMP MACRO bq_parse_float64(s) AS CASE "
     "WHEN regexp_full_match(s, '[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?') "
     "OR regexp_full_match(lower(s), '[+-]?(inf|infinity|nan)') THEN TRY_CAST(s AS DOUBLE) END",
-    "CREATE OR REPLACE MACRO bq_parse_bool(s) AS CASE lower(s) WHEN 'true' THEN true "
+    "CREATE OR REPLACE TEMP MACRO bq_parse_bool(s) AS CASE lower(s) WHEN 'true' THEN true "
     "WHEN 'false' THEN false END",
-    "CREATE OR REPLACE MACRO bq_int64_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
+    "CREATE OR REPLACE TEMP MACRO bq_int64_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
     "WHEN bq_parse_int64(s) IS NOT NULL THEN bq_parse_int64(s) WHEN safe THEN NULL "
     "ELSE error('Bad int64 value: ' || s) END",
-    "CREATE OR REPLACE MACRO bq_float64_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
+    "CREATE OR REPLACE TEMP MACRO bq_float64_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
     "WHEN bq_parse_float64(s) IS NOT NULL THEN bq_parse_float64(s) WHEN safe THEN NULL "
     "ELSE error('Bad double value: ' || s) END",
-    "CREATE OR REPLACE MACRO bq_bool_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
+    "CREATE OR REPLACE TEMP MACRO bq_bool_of_string(s, safe) AS CASE WHEN s IS NULL THEN NULL "
     "WHEN bq_parse_bool(s) IS NOT NULL THEN bq_parse_bool(s) WHEN safe THEN NULL "
     "ELSE error('Bad bool value: ' || s) END",
     # BigQuery's `/` on a zero divisor is an error; DuckDB's FLOAT division gives infinity.
-    "CREATE OR REPLACE MACRO bq_nonzero(y) AS CASE WHEN y = 0 THEN error('division by zero')"
+    "CREATE OR REPLACE TEMP MACRO bq_nonzero(y) AS CASE WHEN y = 0 THEN error('division by zero')"
     " ELSE y END",
     # arr[OFFSET(i)]: out of range is an error in BigQuery, NULL in DuckDB.
-    "CREATE OR REPLACE MACRO bq_offset(a, i) AS CASE WHEN i < 0 OR i >= len(a) THEN "
+    "CREATE OR REPLACE TEMP MACRO bq_offset(a, i) AS CASE WHEN i < 0 OR i >= len(a) THEN "
     "error('Array index ' || i || ' is out of bounds') ELSE a[i + 1] END",
-    "CREATE OR REPLACE MACRO bq_json_int64(x) AS CASE WHEN x BETWEEN -9007199254740992 "
+    "CREATE OR REPLACE TEMP MACRO bq_json_int64(x) AS CASE WHEN x BETWEEN -9007199254740992 "
     "AND 9007199254740992 THEN CAST(x AS JSON) ELSE to_json(CAST(x AS VARCHAR)) END",
 )
 
