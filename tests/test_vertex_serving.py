@@ -27,7 +27,6 @@ from sklearn.exceptions import ConvergenceWarning
 from pipeline import discovery, schema
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import registry_dir
-from pipeline.local.prediction import MAX_BODY_BYTES
 from pipeline.ml_client import VERTEX_EMULATOR_HOST_ENV, aiplatform_service
 from pipeline.trainer import load_trainer
 
@@ -36,6 +35,7 @@ DATA = REPO / "data" / "covertype.csv.gz"
 COVERTYPE = Path(sys.executable).with_name("covertype")
 DOC = discovery.document("aiplatform", "v1")
 REGION = "us-central1"
+JSON_TYPE = {"Content-Type": "application/json"}
 PARENT = f"projects/local/locations/{REGION}"
 SERVING_IMAGE = "us-docker.pkg.dev/local/covertype/base_image:latest"
 FEATURES = list(schema.FEATURE_COLUMNS)
@@ -67,10 +67,11 @@ def models(rows: pd.DataFrame) -> dict:
 
 
 @pytest.fixture(scope="module")
-def folders(models: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("artifacts")
+def folders(models: dict, emulator: tuple) -> dict[str, Path]:
+    """Model folders in the emulator's storage, the only place a model may come from."""
+    root = emulator[2] / "gcs" / "artifacts"
     for name, model in models.items():
-        (root / name).mkdir()
+        (root / name).mkdir(parents=True)
         (root / name / "model.pkl").write_bytes(pickle.dumps(model))
     (root / "empty").mkdir()
     (root / "corrupt").mkdir()
@@ -374,13 +375,14 @@ def test_predict_errors_have_the_google_shape(emulator, folders) -> None:
     endpoint = _endpoint(ai, "errors")["name"]
     _deploy(ai, endpoint, model, {"0": 100})
     path = f"{url}/v1/{endpoint}:predict"
+    limit = 1_572_864  # Vertex AI online prediction's documented payload limit, 1.5 MB
     cases = [(b"{not json", 400, "INVALID_ARGUMENT", "the request body is not valid JSON"),
              (b'{"instances": [[1, 2]]}', 400, "INVALID_ARGUMENT",
               "instances[0] has 2 values; expected 12"),
-             (b" " * (MAX_BODY_BYTES + 1), 400, "INVALID_ARGUMENT",
+             (b" " * (limit + 1), 413, "INVALID_ARGUMENT",
               "Request payload size exceeds the limit")]
     for body, code, status, message in cases:
-        answer = httpx.post(path, content=body)
+        answer = httpx.post(path, content=body, headers=JSON_TYPE)
         error = answer.json()["error"]
         assert (answer.status_code, error["code"], error["status"]) == (code, code, status)
         assert error["message"].startswith(message)
@@ -428,21 +430,21 @@ def test_covertype_serve_answers_endpoint_predict(emulator, folders, models, sam
                     f"/v1/projects/other/locations/{REGION}/endpoints/1:predict"]
         for path in requests:
             for body in (good, b"{not json", b'{"instances": [{"Elevation": 1}]}'):
-                ours, app = (httpx.post(base + path, content=body, timeout=60)
+                ours, app = (httpx.post(base + path, content=body, timeout=60, headers=JSON_TYPE)
                              for base in (served, url))
                 assert (ours.status_code, ours.content) == (app.status_code, app.content), path
                 assert ours.headers.get("X-Deployed-Model-Id") == app.headers.get(
                     "X-Deployed-Model-Id")
-        answer = httpx.post(served + requests[0], content=good).json()
+        answer = httpx.post(served + requests[0], content=good, headers=JSON_TYPE).json()
         _conforms("PredictResponse", answer)
         assert answer["predictions"] == _expected(models, "good", sample)
         assert answer["deployedModelId"] == deployed["id"]
-        assert httpx.post(served + requests[0], content=good).headers["X-Prediction-Path"] == (
-            "onnx")
+        path = httpx.post(served + requests[0], content=good, headers=JSON_TYPE).headers
+        assert path["X-Prediction-Path"] == "onnx"
         # a new deployment is served without a restart
         other = _upload(ai, folders["other"])["response"]["model"]
         second = _deploy(ai, endpoint, other, {"0": 100, deployed["id"]: 0})
-        answer = httpx.post(served + requests[0], content=good).json()
+        answer = httpx.post(served + requests[0], content=good, headers=JSON_TYPE).json()
         assert (answer["deployedModelId"], answer["predictions"]) == (
             second["id"], _expected(models, "other", sample))
     finally:
