@@ -41,9 +41,11 @@ def compile_package(output: Path, environ: Mapping[str, str] | None = None) -> P
     return output
 
 
-def default_parameters(home: Path) -> dict[str, str]:
-    """Local values for the parameters that have no default in the DSL."""
-    return {"project_id": LOCAL_PROJECT_ID, "gcs_root": str(storage_root(home) / "staging")}
+def default_parameters(home: Path, workflow: Workflow) -> dict[str, str]:
+    """Local values for this project's parameters that have no default in the DSL, for a
+    pipeline that declares them."""
+    local = {"project_id": LOCAL_PROJECT_ID, "gcs_root": str(storage_root(home) / "staging")}
+    return {name: value for name, value in local.items() if name in workflow.parameters}
 
 
 def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
@@ -62,12 +64,13 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
     with tempfile.TemporaryDirectory() as staging:
         compiled = package or compile_package(Path(staging) / "pipeline.yaml")
         workflow = Workflow.load(compiled)
-        parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
+        parameters = workflow.resolve_parameters(
+            {**default_parameters(home, workflow), **overrides})
         validate_parameters(parameters)
-        source_table = parameters.get("source_table_name", data.SOURCE_TABLE)
-        if source_table == data.SOURCE_TABLE:
-            data.ensure_source_table(rows)
-        data.check_source_table(source_table)
+        if "source_table_name" in parameters:  # a pipeline that reads the source table
+            if parameters["source_table_name"] == data.SOURCE_TABLE:
+                data.ensure_source_table(rows)
+            data.check_source_table(parameters["source_table_name"])
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
         shutil.copyfile(compiled, folder / PACKAGE_FILE)
