@@ -16,7 +16,7 @@ from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
 from pipeline.local.records import RunRecord, RunStore, new_run_id
-from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
+from pipeline.local.runner import LOCAL_MODULES, LineCallback, LocalRunner, StepCallback
 from pipeline.local.services import training_service
 from pipeline.local.storage import configure_storage_emulator
 from pipeline.local.workflow import Workflow
@@ -114,11 +114,20 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
         on_start(record)
     cache = StepCache(cache_dir(home)) if use_cache else None
     with EmulatorServer(home) as emulator:
-        # Preload the trainer (pandas, scikit-learn) while the first steps run.
-        threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
-        threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
+        if _runs_gcp_components(workflow):
+            # Preload the trainer (pandas, scikit-learn) while the first steps run.
+            threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
+            threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
         return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
                            cache).run()
+
+
+def _runs_gcp_components(workflow: Workflow) -> bool:
+    """Whether a step runs the GCP components' launcher (training and deploy jobs)."""
+    return any(module in template["container"].get("command", [])
+               + template["container"].get("args", [])
+               for template in workflow.templates.values() if "container" in template
+               for module in LOCAL_MODULES)
 
 
 def _preload_deploy_libraries() -> None:

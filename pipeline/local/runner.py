@@ -142,7 +142,8 @@ class LocalRunner:
             else:
                 if code == 0:
                     break
-                message = (f"step {step.name} failed (exit {code}): " + " | ".join(tail)
+                message = (f"step {step.name} failed (exit {code})"
+                           + (": " + " | ".join(tail) if tail else "")
                            if code is not None else
                            f"step {step.name} exceeded {limited_by} and was killed")
             pause = retry.pause(attempt + 1, error, time.monotonic() - first_start)

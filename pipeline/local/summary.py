@@ -84,7 +84,8 @@ class RunSummary:
     """The few facts a user wants first.
 
     `has_evaluation` and `has_deploy` say whether the pipeline has this project's evaluate
-    and deploy steps; `not_deployed_reason` is set only for a pipeline that can deploy.
+    and deploy steps; `not_evaluated_reason` and `not_deployed_reason` are set only for a
+    pipeline that has them (or a run that failed before recording any step).
     """
 
     best_trial: dict[str, str]
@@ -93,6 +94,7 @@ class RunSummary:
     threshold: float | None
     deployed_version: str | None
     not_deployed_reason: str | None
+    not_evaluated_reason: str | None = None
     has_evaluation: bool = False
     has_deploy: bool = False
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -103,14 +105,18 @@ class RunSummary:
                 if (value := step_output(record, BEST_RUN_STEP, name)) is not None}
         metric = step_output(record, EVALUATE_STEP, "metric_value")
         threshold = record.parameters.get("evaluation_metric_threshold")
+        has_evaluation = EVALUATE_STEP in record.steps
         has_deploy = DEPLOY_STEP in record.steps
         deployed = step_output(record, DEPLOY_STEP, "version_name")
+        not_evaluated = None
+        if metric is None and (has_evaluation or not record.steps):
+            not_evaluated = f"the run {record.status.lower()} before evaluation"
+            if record.message:
+                not_evaluated += f": {record.message}"
         reason = None
         if has_deploy and not deployed:
             if metric is None:
-                reason = f"the run {record.status.lower()} before evaluation"
-                if record.message:
-                    reason += f": {record.message}"
+                reason = not_evaluated
             elif threshold is not None and float(metric) <= float(threshold):
                 reason = f"metric {float(metric):.4f} is not above the threshold {threshold}"
             else:
@@ -124,7 +130,8 @@ class RunSummary:
             threshold=float(threshold) if threshold is not None else None,
             deployed_version=deployed,
             not_deployed_reason=reason,
-            has_evaluation=EVALUATE_STEP in record.steps,
+            not_evaluated_reason=not_evaluated,
+            has_evaluation=has_evaluation,
             has_deploy=has_deploy,
             outputs=step_outputs(record),
         )
