@@ -6,21 +6,24 @@ the values that come out. Components are lightweight Python functions, run as pr
 """
 from __future__ import annotations
 
-import json
+import html
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import kfp
 import pytest
 from kfp import dsl
 from kfp.components import create_component_from_func
 
 from pipeline.local import records
+from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.records import RunRecord, RunStore
-from pipeline.local.run_local import run_local
+from pipeline.local.run_local import resume_local, run_local
 
 COVERTYPE = str(Path(sys.executable).with_name("covertype"))
 
@@ -59,7 +62,7 @@ def decrement(n: int) -> int:
 @component
 def people() -> str:
     import json
-    return json.dumps([{"who": "ada", "born": 1815}, {"who": "alan", "born": 1912}])
+    return json.dumps([{"who": "ada/lovelace", "born": 1815}, {"who": "alan", "born": 1912}])
 
 
 @component
@@ -82,6 +85,16 @@ def flaky(marker: str) -> str:
         path.write_text("failed once")
         raise SystemExit(1)
     return "second try"
+
+
+@component
+def square_unless_marked(x: int, marker: str) -> int:
+    """Square x; fail for 3 the first time (it leaves a marker)."""
+    import pathlib
+    if x == 3 and not pathlib.Path(marker).exists():
+        pathlib.Path(marker).write_text("failed once")
+        raise SystemExit(1)
+    return x * x
 
 
 @component
@@ -143,6 +156,14 @@ def fan_in_pipeline():
 def dropped_fan_in_pipeline():
     with dsl.ParallelFor([1, 2, 3, 4]) as number:
         squared = square(number)
+    total(squared.output)
+
+
+@dsl.pipeline(name="resumable")
+def resumable_pipeline(marker: str):
+    with dsl.ParallelFor([1, 2, 3, 4]) as number:
+        squared = square_unless_marked(number, marker)
+        decrement(squared.output)
     total(squared.output)
 
 
@@ -311,6 +332,20 @@ def test_fan_in_squares_and_sums_through_the_cli(home, tmp_path):
         assert "deploy" not in text.lower() and "Evaluation" not in text
 
 
+def test_resume_reruns_only_what_failed_in_a_loop(home, tmp_path):
+    first = run(resumable_pipeline, tmp_path, marker=tmp_path / "marker")
+    assert first.status == records.FAILED
+    assert first.message.startswith("step for-loop-2(2:3).square-unless-marked failed (exit 1)")
+    done_before = {name for name, step in first.steps.items()
+                   if step.status == records.SUCCEEDED}
+    resumed = resume_local(first.run_id, use_cache=False)
+    assert resumed.status == records.SUCCEEDED, resumed.message
+    assert outputs_of(resumed, "total") == {"total": "30"}
+    assert {name for name, step in resumed.steps.items() if step.reused == "resume"} == (
+        done_before)
+    assert resumed.steps["for-loop-2(2:3).square-unless-marked"].reused == ""
+
+
 def test_loop_over_dicts_with_item_fields(home, tmp_path):
     record = run(dict_items_pipeline, tmp_path)
     assert record.status == records.SUCCEEDED, record.message
@@ -324,7 +359,13 @@ def test_loop_over_dicts_with_item_fields(home, tmp_path):
 def test_loop_over_a_step_output(home, tmp_path):
     record = run(with_param_pipeline, tmp_path)
     assert record.status == records.SUCCEEDED, record.message
-    assert sorted(outputs_of(record, "greet").values()) == ["ada:1815", "alan:1912"]
+    assert sorted(outputs_of(record, "greet").values()) == ["ada/lovelace:1815", "alan:1912"]
+    with EmulatorServer(home=home) as server:  # the run browser links each step's log
+        page = httpx.get(f"{server.url}/runs/{record.run_id}", timeout=10)
+        links = re.findall(r'href="(/runs/[^"]+/log)"', page.text)
+        assert len(links) == 3  # people and the two greet iterations
+        assert all(httpx.get(server.url + html.unescape(link), timeout=10).status_code == 200
+                   for link in links)
 
 
 def test_nested_loops(home, tmp_path):

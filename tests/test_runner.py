@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from pipeline.local import records
+from pipeline.local.argo import evaluate_condition, substitute
 from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.runner import LocalRunner
-from pipeline.local.argo import evaluate_condition, substitute
 from pipeline.local.workflow import Workflow, WorkflowError
 
 

@@ -97,6 +97,7 @@ class DagEngine:
                          if workflow.deadline_s is not None else None)
         self.pods = (threading.BoundedSemaphore(workflow.parallelism)
                      if workflow.parallelism > 0 else None)
+        self.stopping = threading.Event()  # set on Ctrl-C: start nothing new
         self.entry = Node(key="", stack=(workflow.entrypoint,))
         self._declare_dag(workflow.entrypoint, self.entry)
         self.exit: Node | None = None
@@ -218,7 +219,11 @@ class DagEngine:
                                         slots)] = name
                 if not running:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                try:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                except BaseException:  # Ctrl-C reaches the main thread: no new steps anywhere
+                    self.stopping.set()
+                    raise
                 for future in done:
                     name = running.pop(future)
                     finished.add(name)
@@ -285,7 +290,11 @@ class DagEngine:
         with ThreadPoolExecutor(max_workers=len(items)) as pool:
             futures = [pool.submit(iteration, child, item)
                        for child, item in zip(iterations, items, strict=True)]
-            wait(futures)
+            try:
+                wait(futures)
+            except BaseException:
+                self.stopping.set()
+                raise
         errors = [future.exception() for future in futures if future.exception()]
         if errors:
             raise self._fail(group, str(errors[0]))
@@ -345,6 +354,8 @@ class DagEngine:
         """Run a template for a step: a sub-DAG here, a container through the runner."""
         try:
             scope = {**self._template_scope(template_name, parameters, artifacts), **extra}
+            if self.stopping.is_set():
+                raise StepFailed(f"step {step.name} did not start: the run is stopping")
             if (not node.exit_handler and self.deadline is not None
                     and time.monotonic() >= self.deadline):
                 raise StepFailed(f"step {step.name} did not start: the workflow exceeded its "

@@ -199,6 +199,8 @@ class LocalRunner:
     def _place_artifact(self, source: str, target: Path) -> None:
         if source.startswith("raw:"):
             target.write_text(source[4:])
+        elif source and Path(source).is_dir():  # an OutputPath('Directory'), as Argo passes it
+            shutil.copytree(source, target)
         elif source:
             shutil.copyfile(source, target)
         else:
@@ -308,7 +310,9 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _read_output(path: str, step: StepRecord) -> str:
+    """An output parameter's value; like Argo's executor, without one trailing newline."""
     try:
-        return Path(path).read_text()
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise StepFailed(f"step {step.name} did not write its output {path}") from None
+    return text.removesuffix("\n")

@@ -39,7 +39,7 @@ def step_output(record: RunRecord, step: str, name: str) -> str | None:
 def steps_in_order(record: RunRecord) -> list[StepRecord]:
     """The steps, each sub-DAG's or loop's steps right after it (in the order recorded)."""
     children: dict[str, list[StepRecord]] = {}
-    for step in record.steps.values():
+    for step in list(record.steps.values()):  # a snapshot: the runner may be adding steps
         parent = step.parent if step.parent in record.steps else ""
         children.setdefault(parent, []).append(step)
     ordered: list[StepRecord] = []
