@@ -122,7 +122,7 @@ class DagEngine:
         except (StepFailed, WorkflowError) as error:
             failure = error
         if self.exit is not None:
-            self._close_main_tree()
+            self._close_main_tree(records.OMITTED if failure else records.SKIPPED)
             exit_failure = self._run_exit_handler("Failed" if failure else "Succeeded")
             failure = failure or exit_failure  # the run's status follows Argo's
         if failure:
@@ -149,13 +149,14 @@ class DagEngine:
             return error
         return None
 
-    def _close_main_tree(self) -> None:
-        """Steps of the entrypoint that never ran are Omitted before the exit handler runs."""
+    def _close_main_tree(self, status: str) -> None:
+        """Steps of the entrypoint that never ran are closed before the exit handler runs:
+        Skipped (inside a branch not taken) or, after a failure, Omitted."""
         assert self.exit is not None
         for key, step in self.record.steps.items():
             if step.status == records.PENDING and not (
                     key == self.exit.key or key.startswith(self.exit.key + ".")):
-                step.status = records.OMITTED
+                step.status = status
         self.store.save(self.record)
 
     # Scopes ---------------------------------------------------------------------------------
