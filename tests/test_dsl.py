@@ -406,6 +406,9 @@ def test_exit_handler_runs_after_the_body(home, tmp_path, fail):
         assert record.message.startswith("step maybe-fail failed (exit 2)")
         assert record.steps["echo-2"].status == records.OMITTED
         assert outputs_of(record, "echo") == {"echo": "status Failed"}
+        again = resume_local(record.run_id, use_cache=False)  # the exit handler runs again
+        assert again.status == records.FAILED and "onExit" not in again.steps
+        assert again.steps["echo"].attempts == 2 and again.steps["echo"].reused == ""
     else:
         assert record.status == records.SUCCEEDED, record.message
         assert outputs_of(record, "echo") == {"echo": "status Succeeded"}

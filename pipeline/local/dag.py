@@ -102,7 +102,9 @@ class DagEngine:
         self._declare_dag(workflow.entrypoint, self.entry)
         self.exit: Node | None = None
         if workflow.on_exit:
-            key = workflow.on_exit if workflow.on_exit not in record.steps else "onExit"
+            task_names = {task["name"] for template in workflow.templates.values()
+                          for task in template.get("dag", {}).get("tasks", [])}
+            key = workflow.on_exit if workflow.on_exit not in task_names else "onExit"
             self.exit = Node(key=key, scoped=True, stack=(workflow.on_exit,),
                              exit_handler=True)
             self._declare(self.exit, workflow.on_exit, [])
@@ -133,7 +135,8 @@ class DagEngine:
         assert self.exit is not None
         for key, step in self.record.steps.items():  # a resumed run reruns it
             if key == self.exit.key or key.startswith(self.exit.key + "."):
-                step.status, step.outputs, step.artifacts = records.PENDING, {}, {}
+                step.status, step.outputs, step.artifacts, step.reused = (
+                    records.PENDING, {}, {}, "")
         failures = [{"displayName": step.name, "message": step.message,
                      "templateName": step.template, "phase": step.status,
                      "podName": "" if self.workflow.is_dag(step.template)
