@@ -268,11 +268,9 @@ def _kill_tree(pid: int) -> None:
             except ProcessLookupError:
                 pass
         stopped |= pending
-        listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="],
-                                 capture_output=True, text=True).stdout.split()
         children: dict[int, set[int]] = {}
-        for child, parent in zip(listing[::2], listing[1::2], strict=True):
-            children.setdefault(int(parent), set()).add(int(child))
+        for child, parent in _parents().items():
+            children.setdefault(parent, set()).add(child)
         tree, frontier = set(), [pid]
         while frontier:
             current = frontier.pop()
@@ -284,6 +282,24 @@ def _kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent: from /proc on Linux, else from `ps` (macOS)."""
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        parents = {}
+        for stat in proc.glob("[0-9]*/stat"):
+            try:  # "pid (comm) state ppid ...", where comm may hold spaces and parentheses
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        return parents
+    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="],
+                             capture_output=True, text=True).stdout.split()
+    return {int(child): int(parent)
+            for child, parent in zip(listing[::2], listing[1::2], strict=True)}
 
 
 def _folder_name(step: str) -> str:

@@ -107,7 +107,7 @@ def check_supported(document: dict[str, Any]) -> None:
             scope = known | {"pod.name"} | {f"inputs.parameters.{item['name']}" for item in
                                             (template.get("inputs") or {}).get("parameters") or []}
             for text in _strings(template["container"]):
-                _check_text(text, scope, name, looped=False)
+                _check_text(text, scope, name, looped=None)
 
 
 def _only(mapping: dict[str, Any], allowed: set[str], step: str | None, what: str) -> None:
@@ -297,12 +297,14 @@ def _check_arguments(task: dict[str, Any], template: dict[str, Any]) -> None:
                                 "pipeline")
 
 
-def _check_text(text: str, scope: set[str], step: str, looped: bool,
+def _check_text(text: str, scope: set[str], step: str, looped: bool | None,
                 tasks: dict[str, Any] | None = None,
                 produced: dict[str, set[str]] | None = None) -> None:
+    """Refuse a placeholder that cannot resolve; `looped` None: `{{item}}` is plain text
+    here (a container's command, where Argo does not substitute it)."""
     for tag in placeholders(text):
         if tag == "item" or tag.startswith("item."):
-            if not looped:
+            if looped is False:
                 raise WorkflowError(f"{{{{{tag}}}}} in step {step!r} is outside a loop "
                                     "(withItems/withParam); recompile the pipeline")
             continue
