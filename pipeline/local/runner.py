@@ -25,7 +25,7 @@ from pipeline.errors import one_line
 from pipeline.local import records
 from pipeline.local.argo import RetryStrategy, WorkflowError, substitute
 from pipeline.local.cache import CacheEntry, StepCache, step_key
-from pipeline.local.dag import DagEngine, StepFailed
+from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.workflow import Workflow
@@ -36,7 +36,6 @@ LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
 LOG_TAIL_LINES = 8
 
 LineCallback = Callable[[StepRecord, str], None]
-StepCallback = Callable[[StepRecord], None]
 
 
 class LocalRunner:
