@@ -1,16 +1,24 @@
-"""`covertype run --local` and `covertype runs list|show`."""
+"""`covertype run --local` and `covertype runs list|show`.
+
+Text from users, records and logs is escaped (`rich.markup.escape`) wherever rich would read
+it as markup.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.local import records
 from pipeline.local.data import LAB_ROWS, parse_rows
+from pipeline.local.processes import RunInterrupted, signals_raise
 from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.runner import resume_command
 from pipeline.local.summary import RunSummary
 
 STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",
@@ -70,7 +78,7 @@ class Progress:
 
     def start(self, record: RunRecord) -> None:
         self.record = record
-        self.console.print(f"Run [bold]{record.run_id}[/] started")
+        self.console.print(f"Run [bold]{escape(record.run_id)}[/] started")
         if self.console.is_terminal:
             self.live = Live(self._table(), console=self.console, refresh_per_second=4,
                              get_renderable=self._table)
@@ -80,7 +88,7 @@ class Progress:
         if not self.live and step.status != records.PENDING:
             duration = f" in {step.duration_s:.1f} s" if step.duration_s is not None else ""
             with self._lock:
-                self.console.print(f"  {step.name}: {step.status}{duration}")
+                self.console.print(f"  {escape(step.name)}: {step.status}{duration}")
 
     def line(self, step: StepRecord, line: str) -> None:
         self.last_line[step.name] = line
@@ -98,8 +106,8 @@ class Progress:
         for step in (self.record.steps.values() if self.record else []):
             detail = self.last_line.get(step.name, "") if step.status == records.RUNNING else ""
             duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
-            table.add_row(step.name, f"[{STATUS_STYLE[step.status]}]{step.status}[/]", duration,
-                          detail[-70:])
+            table.add_row(escape(step.name), f"[{STATUS_STYLE[step.status]}]{step.status}[/]",
+                          duration, escape(detail[-70:]))
         return table
 
 
@@ -117,16 +125,32 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(console)
     callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
                  "use_cache": not args.no_cache}
-    try:
-        if args.resume:
-            record = resume_local(args.resume, **callbacks)
-        else:
-            record = run_local(Path(args.package) if args.package else None, params, rows,
-                               **callbacks)
-    finally:
-        progress.stop()
-    print_summary(console, record)
+    with signals_raise():
+        try:
+            try:
+                if args.resume:
+                    record = resume_local(args.resume, **callbacks)
+                else:
+                    record = run_local(Path(args.package) if args.package else None, params,
+                                       rows, **callbacks)
+            finally:
+                progress.stop()
+        except RunInterrupted as stop:
+            return _report_interrupted(console, stop)
+        print_summary(console, record)
     return 0 if record.status == records.SUCCEEDED else 1
+
+
+def _report_interrupted(console: Console, stop: RunInterrupted) -> int:
+    """The summary of an interrupted run, ending with how to continue it; 128 + signal."""
+    if stop.record is None:
+        print(f"covertype: {stop} before the run started; nothing to resume", file=sys.stderr)
+    else:
+        print_summary(console, stop.record)
+        text = str(stop)
+        console.print(f"{text[0].upper()}{text[1:]}. Continue with: "
+                      f"{resume_command(stop.record.run_id)}", markup=False)
+    return stop.exit_code
 
 
 def print_summary(console: Console, record: RunRecord) -> None:
@@ -134,32 +158,34 @@ def print_summary(console: Console, record: RunRecord) -> None:
     store = RunStore()
     style = STATUS_STYLE.get(record.status, "")
     took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
-    console.print(f"\nRun [bold]{record.run_id}[/]: [{style}]{record.status}[/]{took}")
+    console.print(f"\nRun [bold]{escape(record.run_id)}[/]: [{style}]{escape(record.status)}[/]"
+                  f"{took}")
     if record.message:
         console.print(f"  {record.message}", markup=False)
     table = Table("step", "status", "duration", "note", box=None)
     for step in record.steps.values():
         duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
         note = step.message or (f"reused ({step.reused})" if step.reused else "")
-        table.add_row(step.name, f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
-                      duration, note[:90])
+        table.add_row(escape(step.name),
+                      f"[{STATUS_STYLE.get(step.status, '')}]{escape(step.status)}[/]",
+                      duration, escape(note[:90]))
     console.print(table)
     summary = RunSummary.of(record)
     if summary.best_trial:
         trial = ", ".join(f"{name}={value}" for name, value in summary.best_trial.items())
-        console.print(f"Best trial: {trial}")
+        console.print(f"Best trial: {trial}", markup=False)
     if summary.metric_value is not None:
         verdict = "passed" if summary.metric_value > summary.threshold else "did not pass"
         console.print(f"Evaluation: {summary.metric_name} {summary.metric_value:.4f} vs "
-                      f"threshold {summary.threshold} -> {verdict}")
+                      f"threshold {summary.threshold} -> {verdict}", markup=False)
     if summary.deployed_version:
-        console.print(f"Deployed: [bold]{summary.deployed_version}[/]")
+        console.print(f"Deployed: [bold]{escape(summary.deployed_version)}[/]")
         console.print("Serve it with `covertype serve` (make serve): POST /v1/"
                       f"{summary.deployed_version.rsplit('/versions/', 1)[0]}:predict; "
                       "runs at http://127.0.0.1:8080/", markup=False)
     else:
         console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
-    console.print(f"Run folder: {store.folder(record.run_id)}")
+    console.print(f"Run folder: {store.folder(record.run_id)}", markup=False)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -171,9 +197,9 @@ def _list(args: argparse.Namespace) -> int:
                   if summary.metric_value is not None else "")
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
         deployed = summary.deployed_version or ""
-        table.add_row(record.run_id, record.status, record.start, duration, metric,
-                      deployed.replace("projects/local/models/", "").replace("/versions/", " ")
-                      or "no")
+        table.add_row(*map(escape, (
+            record.run_id, record.status, record.start, duration, metric,
+            deployed.replace("projects/local/models/", "").replace("/versions/", " ") or "no")))
     console.print(table)
     return 0
 
@@ -188,6 +214,6 @@ def _show(args: argparse.Namespace) -> int:
     folder = RunStore().folder(record.run_id)
     for step in record.steps.values():
         if step.log:
-            console.print(f"  log {step.name}: {folder / step.log}")
+            console.print(f"  log {step.name}: {folder / step.log}", markup=False)
     return 0
 

@@ -19,8 +19,9 @@ from pipeline.local.home import runs_dir
 from pipeline.local.owner import current_owner, owner_alive
 
 RUN_FILE = "run.json"
-# Step and run states follow Argo's node phases; Interrupted is a run (or step) whose runner
-# process died without finishing it (kill -9, power loss): resume it.
+# Step and run states follow Argo's node phases; Interrupted is a run (or step) stopped by a
+# signal (Ctrl-C, SIGTERM) or whose runner process died without finishing it (kill -9, power
+# loss): resume it.
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED, INTERRUPTED = (
     "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted", "Interrupted")
 
@@ -52,6 +53,9 @@ class StepRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
     reused: str = ""  # "cache" or "resume" when the step's outputs were reused, not recomputed
+    # sha256 of each file an output parameter names (e.g. a split CSV): a resumed run checks
+    # that no other run has changed them since.
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

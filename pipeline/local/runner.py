@@ -3,7 +3,8 @@
 Walks the DAG with Argo's semantics (dependencies, `when`, parameter and artifact passing,
 retryStrategy), runs independent steps in parallel, runs each container's own command as a
 local process (the GCP launcher is swapped for `pipeline.local.launcher`), and keeps a run
-record. The local AI Platform emulator serves the run's training and deploy calls.
+record. The local AI Platform emulator serves the run's training and deploy calls. A stop
+signal (see `pipeline.local.processes`) ends the run as Interrupted, ready to resume.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import one_line
 from pipeline.local import records
-from pipeline.local.cache import CacheEntry, StepCache, step_key
+from pipeline.local.cache import CacheEntry, StepCache, output_digests, step_key
 from pipeline.local.launcher import STEP_ROOT_ENV
+from pipeline.local.processes import RunInterrupted, RunProcesses
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
 from pipeline.ml_client import EMULATOR_HOST_ENV
@@ -41,9 +44,11 @@ class LocalRunner:
 
     def __init__(self, workflow: Workflow, record: RunRecord, store: RunStore,
                  emulator_url: str, on_step: StepCallback | None = None,
-                 on_line: LineCallback | None = None, cache: StepCache | None = None) -> None:
+                 on_line: LineCallback | None = None, cache: StepCache | None = None,
+                 processes: RunProcesses | None = None) -> None:
         self.workflow = workflow
         self.cache = cache
+        self.processes = processes or RunProcesses()
         self.record = record
         self.store = store
         self.emulator_url = emulator_url
@@ -56,24 +61,45 @@ class LocalRunner:
                 dependencies=list(task.get("dependencies", []))))
 
     def run(self) -> RunRecord:
-        """Execute the entrypoint DAG; the record says how it ended."""
+        """Execute the entrypoint DAG; the record says how it ended.
+
+        Raises:
+            RunInterrupted: a stop signal ended the run (recorded Interrupted first).
+        """
         self.store.save(self.record)
         scope = {f"inputs.parameters.{name}": value
                  for name, value in self.record.parameters.items()}
         scope.update(self._workflow_scope())
         try:
             self._run_dag(self.workflow.entrypoint, scope)
-        except (StepFailed, WorkflowError) as error:
+        except BaseException as error:
+            if self.processes.stop_signal is not None:
+                raise self._interrupted(RunInterrupted(self.processes.stop_signal)) from None
             self._close_pending(records.OMITTED)
-            self.store.run_finished(self.record, records.FAILED, str(error))
-        except BaseException:
-            self._close_pending(records.OMITTED)
-            self.store.run_finished(self.record, records.FAILED, "interrupted")
+            if isinstance(error, StepFailed | WorkflowError):
+                self.store.run_finished(self.record, records.FAILED, str(error))
+                return self.record
+            self.store.run_finished(self.record, records.FAILED,
+                                    f"the local runner crashed: {one_line(error)}")
             raise
-        else:
-            self._close_pending(records.SKIPPED)
-            self.store.run_finished(self.record, records.SUCCEEDED)
+        self._close_pending(records.SKIPPED)
+        self.store.run_finished(self.record, records.SUCCEEDED)
         return self.record
+
+    def _interrupted(self, stop: RunInterrupted) -> RunInterrupted:
+        """Record the run and the steps the stop cut short as Interrupted; return `stop`."""
+        note = str(stop)
+        for step in self.record.steps.values():
+            # A sub-DAG task records the stop that ended it as its failure message.
+            if step.status == records.RUNNING or (step.status == records.FAILED
+                                                  and step.message == note):
+                self.store.step_finished(self.record, step, records.INTERRUPTED, note)
+                self.on_step(step)
+        self._close_pending(records.OMITTED)
+        self.store.run_finished(self.record, records.INTERRUPTED,
+                                f"{note}; continue with: {resume_command(self.record.run_id)}")
+        stop.record = self.record
+        return stop
 
     def _workflow_scope(self) -> dict[str, str]:
         return {"workflow.uid": self.record.run_id, "workflow.name": self.record.run_id,
@@ -203,10 +229,12 @@ class LocalRunner:
             inputs = {item["name"]: Path(artifacts[item["name"]]) for item in
                       template.get("inputs", {}).get("artifacts", [])
                       if not artifacts.get(item["name"], "raw:").startswith("raw:")}
-            key = step_key(container, resolved, step_env, inputs)
-            entry = self.cache.lookup(key)
+            key = step_key(step.name, container, resolved, step_env, inputs)
+            targets = {item["name"]: Path(mapping[item["path"]])
+                       for item in outputs.get("artifacts", [])}
+            entry = self.cache.restore(key, targets) if key is not None else None
             if entry is not None:
-                self._restore(step, entry, outputs, mapping)
+                self._restore(step, entry)
                 return
         for attempt in range(limit + 1):
             if root.exists():
@@ -230,21 +258,17 @@ class LocalRunner:
         step.artifacts = {item["name"]: mapping[item["path"]]
                           for item in outputs.get("artifacts", [])
                           if Path(mapping[item["path"]]).exists()}
+        step.files = output_digests(step.outputs)
         self.store.step_finished(self.record, step, records.SUCCEEDED)
         if key is not None:
             self.cache.store(key, step.outputs, step.artifacts)
 
-    def _restore(self, step: StepRecord, entry: CacheEntry, outputs: dict[str, Any],
-                 mapping: dict[str, str]) -> None:
-        """Finish a step from the cache: its artifacts copied into place, its outputs reused."""
+    def _restore(self, step: StepRecord, entry: CacheEntry) -> None:
+        """Finish a step from the cache (its outputs already put back in place)."""
         self.store.step_started(self.record, step)
-        for item in outputs.get("artifacts", []):
-            if item["name"] in entry.artifacts:
-                target = Path(mapping[item["path"]])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(entry.artifacts[item["name"]], target)
-                step.artifacts[item["name"]] = str(target)
+        step.artifacts = dict(entry.artifacts)
         step.outputs = dict(entry.outputs)
+        step.files = output_digests(step.outputs)
         step.reused = "cache"
         step.attempts -= 1
         self.store.step_finished(self.record, step, records.SUCCEEDED,
@@ -275,22 +299,37 @@ class LocalRunner:
 
     def _execute(self, step: StepRecord, command: list[str], env: Mapping[str, str],
                  cwd: Path, attempt: int) -> tuple[int, list[str]]:
-        """Run one process, streaming its output to the log file and the progress callback."""
+        """Run one process, streaming its output to the log file and the progress callback.
+
+        Raises:
+            RunInterrupted: the run is stopping, and this process did not succeed.
+        """
         tail: list[str] = []
         with open(cwd / "log.txt", "a" if attempt else "w") as log:
             if attempt:
                 log.write(f"--- retry {attempt} ---\n")
-            process = subprocess.Popen(command, cwd=cwd, env=dict(env), text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                line = line.rstrip("\n")
-                tail = (tail + [line])[-LOG_TAIL_LINES:]
-                self.on_line(step, line)
-            return process.wait(), [line for line in tail if line.strip()]
+            process = self.processes.popen(command, cwd=cwd, env=dict(env), text=True,
+                                           errors="replace", stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    line = line.rstrip("\n")
+                    tail = (tail + [line])[-LOG_TAIL_LINES:]
+                    self.on_line(step, line)
+                code = process.wait()
+            finally:
+                self.processes.release(process)
+        if code and self.processes.stop_signal is not None:
+            raise RunInterrupted(self.processes.stop_signal)
+        return code, [line for line in tail if line.strip()]
+
+
+def resume_command(run_id: str) -> str:
+    """The command that continues a run."""
+    return f"covertype run --local --resume {run_id}"
 
 
 def _cacheable(template: dict[str, Any]) -> bool:

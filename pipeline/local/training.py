@@ -16,7 +16,6 @@ start, or COVERTYPE_TRAINER_COLD=1, each process starts a fresh interpreter inst
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pipeline.hypertune import HypertuneSpecError, TuningSpec, parse_spec
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pipeline.local.home import jobs_dir
 from pipeline.local.owner import current_owner, owner_alive
+from pipeline.local.processes import die_with_parent
 from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
 from pipeline.local.tuning import Suggestion, Tuner, best_first, final_metric, seed_for
 from pipeline.trainer import TRAIN_PY
@@ -159,7 +159,7 @@ class TrainingService:
                 return None
             if self._zygote is None or not self._zygote.alive:
                 try:
-                    self._zygote = TrainerZygote(entry[2], _die_with_parent)
+                    self._zygote = TrainerZygote(entry[2], die_with_parent)
                 except OSError as error:
                     logger.warning("trainer zygote unavailable, trials start cold: %s", error)
                     self._zygote_failed = True
@@ -263,13 +263,6 @@ class _Stop(Exception):
         self.state = state
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGKILL it when the service's process dies, so a
-    killed runner leaves no orphan trials (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-
-
 class _Process:
     """One trainer process (the master of a plain job, or a tuning trial)."""
 
@@ -290,7 +283,7 @@ class _Process:
         with open(log, "wb") as stream:
             self.popen = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
+                                          start_new_session=True, preexec_fn=die_with_parent)
 
     def kill(self) -> None:
         """Stop the process group: SIGTERM, then SIGKILL after 2 s."""
