@@ -44,6 +44,18 @@ def _cached_splits(record: RunRecord) -> set[str]:
     return {name for name in SPLIT_STEPS if record.steps[name].reused == "cache"}
 
 
+def _farm_fingerprint(text: str) -> int:
+    """BigQuery's FARM_FINGERPRINT from pyfarmhash: FarmHash Fingerprint64 as a signed INT64."""
+    unsigned = farmhash.fingerprint64(text)
+    return unsigned - 2**64 if unsigned >= 2**63 else unsigned
+
+
+def test_recount_fingerprints_as_bigquery_documents():
+    """The documented FARM_FINGERPRINT examples (hash_functions#farm_fingerprint)."""
+    assert [_farm_fingerprint(text) for text in ("1footrue", "2applefalse", "3true")] == [
+        -1541654101129638711, 2794438866806483259, -4880158226897771312]
+
+
 def _recount(home: Path, table: str) -> dict[str, list[tuple[str, ...]]]:
     """The rows each split must hold, in table order, from the warehouse file itself."""
     dataset, name = table.split(".")
@@ -54,8 +66,7 @@ def _recount(home: Path, table: str) -> dict[str, list[tuple[str, ...]]]:
     splits["header"] = [tuple(columns)]
     for row in rows:
         text = json.dumps(dict(zip(columns, row, strict=True)), separators=(",", ":"))
-        unsigned = farmhash.fingerprint64(text)
-        lot = abs(unsigned - 2**64 if unsigned >= 2**63 else unsigned) % 10
+        lot = abs(_farm_fingerprint(text)) % 10
         for split, lots in SPLIT_LOTS.items():
             if lot in lots:
                 splits[split].append(tuple(str(value) for value in row))
