@@ -17,8 +17,7 @@ from rich.table import Table
 from pipeline.local import records
 from pipeline.local.data import LAB_ROWS, parse_rows
 from pipeline.local.processes import RunInterrupted, signals_raise
-from pipeline.local.records import RunRecord, RunStore, StepRecord
-from pipeline.local.runner import resume_command
+from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
 from pipeline.local.summary import RunSummary
 
 STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",

@@ -210,6 +210,15 @@ class StepCache:
             manifest = _read_manifest(folder)
             blobs = {digest: _verified_blob(folder, digest) for digest in
                      {*manifest["artifacts"].values(), *manifest["files"].values()}}
+            unknown = set(manifest["artifacts"]) - set(artifact_paths)
+            if unknown:
+                raise CacheError(f"artifact {sorted(unknown)[0]!r} is not an output of the step")
+        except (CacheError, OSError) as error:
+            logger.warning("step cache: entry %s of %s unusable (%s); running the step",
+                           key.digest, key.step, one_line(error))
+            _discard(folder)
+            return None
+        try:
             if manifest["tables"]:
                 with Warehouse() as warehouse:
                     for name, fingerprint in manifest["tables"].items():
@@ -217,18 +226,14 @@ class StepCache:
                             return None  # the table the step wrote has changed since
             for uri, digest in manifest["files"].items():
                 _put_file(uri, blobs[digest], digest)
-            artifacts = {}
             for name, digest in manifest["artifacts"].items():
-                if name not in artifact_paths:
-                    raise CacheError(f"artifact {name!r} is not an output of the step")
                 _put_file(str(artifact_paths[name]), blobs[digest], digest)
-                artifacts[name] = str(artifact_paths[name])
-        except (CacheError, OSError, WarehouseError, duckdb.Error) as error:
-            logger.warning("step cache: entry %s of %s unusable (%s); running the step",
-                           key.digest, key.step, one_line(error))
-            _discard(folder)
+        except (OSError, WarehouseError, duckdb.Error) as error:
+            logger.warning("step cache: cannot put back the outputs of %s (%s); running the step",
+                           key.step, one_line(error))
             return None
-        return CacheEntry(dict(manifest["outputs"]), artifacts)
+        return CacheEntry(dict(manifest["outputs"]),
+                          {name: str(artifact_paths[name]) for name in manifest["artifacts"]})
 
     def store(self, key: StepKey, outputs: dict[str, str], artifacts: dict[str, str]) -> None:
         """Keep a finished step's outputs by content (staged, then renamed into place)."""
@@ -270,9 +275,11 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads((folder / MANIFEST).read_text())
     except ValueError as error:
         raise CacheError(f"{MANIFEST} is not JSON: {one_line(error)}") from None
+    parts = ("outputs", "artifacts", "files", "tables")
     if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
             or not all(isinstance(manifest.get(part), dict)
-                       for part in ("outputs", "artifacts", "files", "tables"))):
+                       and all(isinstance(value, str) for value in manifest[part].values())
+                       for part in parts)):
         raise CacheError(f"{MANIFEST} is not a format {FORMAT} manifest")
     return manifest
 
@@ -320,7 +327,7 @@ def output_digests(outputs: dict[str, str]) -> dict[str, str]:
     for value in outputs.values():
         try:
             content = _output_file(value)
-        except NotCacheable:
+        except (NotCacheable, OSError):
             continue
         if content is not None:
             digests[value] = hashlib.sha256(content).hexdigest()

@@ -31,6 +31,11 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def resume_command(run_id: str) -> str:
+    """The command that continues a failed or interrupted run."""
+    return f"covertype run --local --resume {run_id}"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -83,8 +88,7 @@ class RunRecord:
         if record.status == RUNNING and not owner_alive(record.owner):
             record.status = INTERRUPTED
             record.message = (f"the runner (pid {record.owner.get('pid')}) stopped before the "
-                              f"run finished; resume it: covertype run --local --resume "
-                              f"{record.run_id}")
+                              f"run finished; resume it: {resume_command(record.run_id)}")
             for step in record.steps.values():
                 if step.status == RUNNING:
                     step.status = INTERRUPTED

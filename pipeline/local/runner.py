@@ -22,7 +22,7 @@ from pipeline.local import records
 from pipeline.local.cache import CacheEntry, StepCache, output_digests, step_key
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
-from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
 from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
 from pipeline.ml_client import EMULATOR_HOST_ENV
 
@@ -325,11 +325,6 @@ class LocalRunner:
         if code and self.processes.stop_signal is not None:
             raise RunInterrupted(self.processes.stop_signal)
         return code, [line for line in tail if line.strip()]
-
-
-def resume_command(run_id: str) -> str:
-    """The command that continues a run."""
-    return f"covertype run --local --resume {run_id}"
 
 
 def _cacheable(template: dict[str, Any]) -> bool:
