@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -25,8 +24,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
 # Resolved now, in the parent: the forked child must not load libraries (the loader's lock
 # may be held by another thread at fork time).
-_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl \
-    if sys.platform.startswith("linux") else None
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def signal_text(signum: int) -> str:
