@@ -197,9 +197,12 @@ def test_sigterm_stops_the_run_and_resume_refuses_overwritten_outputs(tmp_path,
 
 def test_kill_9_at_random_moments_then_resume_ends_like_an_uninterrupted_run(
         tmp_path, compiled_package):
-    """The step cache stays on (its hits are byte-identical), except to kill a split step."""
+    """One run killed five times: in a split, in tuning, in training, in evaluation and in
+    deployment, each time at a seeded random delay after the step started, each kill followed
+    by a resume that the next kill cuts short, the last one ending the run. Every step's
+    outputs, whichever resume made them, must equal those of an uninterrupted run."""
     home = tmp_path / "home"
-    reference = covertype(home, *_run_args(compiled_package)[1:])
+    reference = covertype(home, *_run_args(compiled_package, "--no-cache")[1:])
     assert reference.returncode == 0, reference.stdout + reference.stderr
     (uninterrupted,) = _runs(home)
     expected_model = _model_bytes(home, uninterrupted)
@@ -207,30 +210,46 @@ def test_kill_9_at_random_moments_then_resume_ends_like_an_uninterrupted_run(
     assert expected.deployed_version
 
     delays = random.Random(20261203)
-    for step in KILL_STEPS:
-        uncached = ["--no-cache"] if step.startswith("create-") else []
-        runner = _start(home, _run_args(compiled_package, *uncached),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(lambda step=step: _step_states(home).get(step) == "Running")
+    command = _run_args(compiled_package, "--no-cache")
+    run_id = ""
+    for resumes, step in enumerate(KILL_STEPS):
+        runner = _start(home, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(lambda step=step, resumes=resumes: _running(home, step, resumes))
         time.sleep(delays.uniform(0, 0.2))
         os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
         record = _runs(home)[0]
-        assert record.status == "Interrupted", step
-        assert f"covertype run --local --resume {record.run_id}" in record.message
+        run_id = run_id or record.run_id
+        assert (record.run_id, record.status, record.resumes) == (
+            run_id, "Interrupted", resumes), step
+        assert f"covertype run --local --resume {run_id}" in record.message
         _wait_for(lambda: not _processes_of(home), timeout=30)  # steps and trials died too
         _assert_no_partial_files(home)
+        command = [COVERTYPE, "run", "--local", "--resume", run_id, "--no-cache"]
 
-        resumed = covertype(home, "run", "--local", "--resume", record.run_id)
-        assert resumed.returncode == 0, (step, resumed.stdout + resumed.stderr)
-        record = RunStore(home / "runs").load(record.run_id)
-        assert record.status == "Succeeded" and record.resumes == 1
-        summary = RunSummary.of(record)
-        assert (summary.best_trial, summary.metric_value) == (
-            expected.best_trial, expected.metric_value), step
-        assert _model_bytes(home, record) == expected_model, step
-        _, deployed = Registry(home / "registry").resolve("covertype_classifier")
-        assert deployed.read_bytes() == expected_model, step
+    resumed = covertype(home, *command[1:])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    record = RunStore(home / "runs").load(run_id)
+    assert record.status == "Succeeded" and record.resumes == len(KILL_STEPS)
+    summary = RunSummary.of(record)
+    assert (summary.best_trial, summary.metric_value) == (expected.best_trial,
+                                                          expected.metric_value)
+    assert {name: step.files for name, step in record.steps.items()} == {
+        name: step.files for name, step in uninterrupted.steps.items()}  # the split files
+    assert _model_bytes(home, record) == expected_model
+    _, deployed = Registry(home / "registry").resolve("covertype_classifier")
+    assert deployed.read_bytes() == expected_model
+
+
+def _running(home: Path, step: str, resumes: int) -> bool:
+    """Whether the newest run, resumed `resumes` times, is running `step`."""
+    paths = sorted((home / "runs").glob("*/run.json"))
+    try:
+        record = json.loads(paths[-1].read_text()) if paths else {}
+    except (OSError, ValueError):
+        return False
+    return (record.get("resumes") == resumes and record.get("status") == "Running"
+            and record["steps"][step]["status"] == "Running")
 
 
 @pytest.fixture(autouse=True)
