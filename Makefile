@@ -92,8 +92,8 @@ test: setup  ## lint and run the test suite
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-bench: setup  ## benchmarks: prints a table, saves JSON under bench/results/
-	$(BIN)/python -m bench
+bench: setup  ## benchmarks: a table, saved under bench/results/ (QUICK=1: day-to-day subset, < 3 min)
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:  ## remove the compiled package and the local home (.covertype)
 	rm -rf $(PACKAGE) .covertype

@@ -49,6 +49,7 @@ def summarise(profiles: list[dict[str, float]]) -> dict[str, dict]:
 
 
 def top_items(summary: dict[str, dict], count: int = 6) -> list[str]:
-    """The largest items as text lines, for under the table."""
-    return [f"{value['median']:.2f} s  {item}" for item, value in list(summary.items())[:count]]
-
+    """The runner's own items (start-up, idle, shut-down) and the largest others, as lines."""
+    own = [item for item in (STARTUP, IDLE, SHUTDOWN) if item in summary]
+    others = [item for item in summary if item not in own][:count]
+    return [f"{summary[item]['median']:6.2f} s  {item}" for item in own + others]
