@@ -238,10 +238,12 @@ def print_table(rows: list[Row], title: str, caption: str) -> None:
 
 def missed_targets(rows: list[Row]) -> list[str]:
     """For each row that missed its target and carries a profile: its largest items."""
-    lines = []
+    lines, shown = [], []
     for row in rows:
-        if row.met is not False or "profile_s" not in row.notes:
-            continue
+        if row.met is not False or "profile_s" not in row.notes or \
+                any(row.notes["profile_s"] is profile for profile in shown):
+            continue  # a profile shared by two rows (chain) is printed once
+        shown.append(row.notes["profile_s"])
         lines.append(f"{row.benchmark} {row.metric.strip()}: target {row.target} not met; where "
                      "the time goes (median s over the repeats, largest first):")
         lines += [f"    {item}" for item in top_items(row.notes["profile_s"], PROFILE_ITEMS)]
