@@ -44,7 +44,7 @@ help:  ## list the targets
 
 setup: $(VENV)/.installed  ## create .venv and install everything (fast when up to date)
 
-# uv installs the pins (about 15 s with empty caches); INSTALLER=pip forces the slow pip path.
+# uv installs the pins (about 20 s with empty caches); INSTALLER=pip forces the slow pip path.
 $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py .ci/setup
 	@.ci/setup $(PYTHON) $(VENV) $(INSTALLER)
 	@touch $@
