@@ -26,6 +26,7 @@ from rich.table import Table
 from bench import REPO, Row
 from bench.profile import top_items
 from pipeline.atomic import write_atomic
+from pipeline.errors import one_line
 
 BENCHMARKS = ("e2e-lab", "e2e-vertex", "e2e-full", "chain", "splits", "serve", "quality",
               "first-run")
@@ -135,11 +136,11 @@ class Session:
                 rows += getattr(self, "_" + name.replace("-", "_"))()
             except Exception as error:  # one broken benchmark must not lose the others' numbers
                 failed = True
-                message = " ".join(str(error).split())[:300]
+                message = one_line(error)[:300]
                 self.results[name] = {"error": message, "traceback": traceback.format_exc()}
                 rows.append(Row(name, f"FAILED: {type(error).__name__}: {message}"))
             self.progress(f"{name}: done in {time.perf_counter() - start:.0f} s")
-        return rows, failed
+        return rows, failed or any(row.metric.startswith("FAILED") for row in rows)
 
     def _package(self, platform_name: str = "caip") -> Path:
         from bench import bench_e2e
@@ -163,13 +164,17 @@ class Session:
 
         packages = {"caip": self._package()}
         unavailable = bench_e2e.vertex_unavailable() if self.args.vertex else None
+        compile_error = None
         if self.args.vertex and not unavailable:
-            packages["vertex"] = self._package("vertex")
+            try:  # a broken vertex package fails the e2e-vertex row, not e2e-lab
+                packages["vertex"] = self._package("vertex")
+            except Exception as error:
+                compile_error = f"compiling with PLATFORM=vertex: {one_line(error)}"[:300]
         self.results["e2e-lab"] = bench_e2e.run_lab(self.workdir, self.args.repeats, packages,
                                                      self.lab_warehouse())
         rows = bench_e2e.lab_rows(self.results["e2e-lab"])
         if self.args.vertex:
-            rows += bench_e2e.vertex_rows(self.results["e2e-lab"], unavailable)
+            rows += bench_e2e.vertex_rows(self.results["e2e-lab"], unavailable, compile_error)
         return rows
 
     def _e2e_full(self) -> list[Row]:
