@@ -20,12 +20,14 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench import REPO, Row, proctree, stats
+from bench.bench_e2e import clean_env
 from bench.profile import run_profile, summarise
 from bench.sidevenv import ensure_venv
 
@@ -37,8 +39,7 @@ TARGET_S, TARGET_SPEEDUP = 1.5, 5.0
 
 
 def _env(bin_folder: Path, **extra: str) -> dict[str, str]:
-    from bench.bench_e2e import clean_env
-
+    """The benchmark environment with `bin_folder` first on PATH."""
     env = clean_env(**extra)
     env["PATH"] = f"{bin_folder}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -46,8 +47,6 @@ def _env(bin_folder: Path, **extra: str) -> dict[str, str]:
 
 def compile_chain(folder: Path) -> Path:
     """bench/chain_kfp1.py through `dsl-compile`, as `make compile` compiles the DSL."""
-    import subprocess
-
     output = folder / "chain.yaml"
     dsl_compile = Path(sys.executable).with_name("dsl-compile")
     result = subprocess.run([str(dsl_compile), "--py", str(REPO / "bench" / "chain_kfp1.py"),
