@@ -9,13 +9,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `covertype` console script."""
     from pipeline.cli import bq, run, serve
-    from pipeline.local.processes import RunInterrupted
 
     parser = argparse.ArgumentParser(prog="covertype", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in (bq, run, serve):
         module.register(subparsers)
     args = parser.parse_args(argv)
+    from pipeline.local.processes import RunInterrupted  # after --help, which needs none of it
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as error:

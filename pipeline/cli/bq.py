@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.local.bigquery import Warehouse
-from pipeline.local.bigquery.output import FORMATS, render
+from pipeline.local.bigquery.output import FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from pipeline.local.bigquery import Warehouse
+    from pipeline.local.bigquery.output import render
+
     output_format = args.format or ("pretty" if sys.stdout.isatty() else "csv")
     with Warehouse() as warehouse:
         rows = warehouse.query(args.sql)
@@ -39,6 +41,8 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    from pipeline.local.bigquery import Warehouse
+
     with Warehouse() as warehouse:
         rows = warehouse.load_csv(args.table, args.csv_path, replace=not args.append)
     print(f"{rows} rows loaded into {args.table}")

@@ -8,24 +8,23 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from pipeline.errors import one_line
-from pipeline.local import records
-from pipeline.local.data import LAB_ROWS, parse_rows
-from pipeline.local.processes import RunInterrupted, signals_raise
-from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
-from pipeline.local.summary import RunSummary, steps_in_order
+from pipeline.local.data import LAB_ROWS
+
+# The commands import what they use when they run: `covertype --help` loads none of it.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from pipeline.local.processes import RunInterrupted
+    from pipeline.local.records import RunRecord, StepRecord
 
 OUTPUT_WIDTH = 80  # longer output values are shortened in the summary
-STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",
-                records.SKIPPED: "dim", records.OMITTED: "dim", records.PENDING: "dim",
-                records.INTERRUPTED: "red"}
+STATUS_STYLE = {"Succeeded": "green", "Failed": "red", "Running": "yellow", "Skipped": "dim",
+                "Omitted": "dim", "Pending": "dim", "Interrupted": "red"}  # records' statuses
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help=f"bundled rows to load as the source table (default {LAB_ROWS}; 'all')")
     run.add_argument("--no-cache", action="store_true",
                      help="recompute every step instead of reusing cached outputs")
+    run.add_argument("--cold", action="store_true",
+                     help="start every step and trial as a new Python process instead of "
+                          "forking it from a preloaded one (also: COVERTYPE_COLD=1)")
     run.add_argument("--resume", metavar="RUN_ID",
                      help="continue a failed or interrupted run from its last finished steps")
     run.add_argument("--run-id", help="id of the new run (default: a new one); the local KFP "
@@ -56,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def make_console() -> Console:
     """A console that does not cut lines when the output is a file or a pipe (and does not
     turn `:a:` in a loop step's name into an emoji)."""
+    from rich.console import Console
+
     console = Console(highlight=False, emoji=False)
     return console if console.is_terminal else Console(highlight=False, emoji=False, width=200)
 
@@ -82,6 +86,9 @@ class Progress:
         self._lock = threading.Lock()
 
     def start(self, record: RunRecord) -> None:
+        from rich.live import Live
+        from rich.markup import escape
+
         self.record = record
         self.console.print(f"Run [bold]{escape(record.run_id)}[/] started")
         if self.console.is_terminal:
@@ -90,6 +97,10 @@ class Progress:
             self.live.start()
 
     def step(self, step: StepRecord) -> None:
+        from rich.markup import escape
+
+        from pipeline.local import records
+
         if not self.live and step.status != records.PENDING:
             duration = f" in {step.duration_s:.1f} s" if step.duration_s is not None else ""
             with self._lock:
@@ -107,6 +118,12 @@ class Progress:
             self.live.stop()
 
     def _table(self) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        from pipeline.local import records
+        from pipeline.local.summary import steps_in_order
+
         table = Table(box=None, show_header=False)
         for step in (steps_in_order(self.record) if self.record else []):
             detail = self.last_line.get(step.name, "") if step.status == records.RUNNING else ""
@@ -119,6 +136,9 @@ class Progress:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pipeline.local import records
+    from pipeline.local.data import parse_rows
+    from pipeline.local.processes import RunInterrupted, signals_raise
     from pipeline.local.run_local import resume_local, run_local
 
     console = make_console()
@@ -129,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                          "drop --param/--package/--run-id")
     progress = Progress(console)
     callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
-                 "use_cache": not args.no_cache}
+                 "use_cache": not args.no_cache, "warm": False if args.cold else None}
     with signals_raise():
         try:
             try:
@@ -148,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report_interrupted(console: Console, stop: RunInterrupted) -> int:
     """The summary of an interrupted run, ending with how to continue it; 128 + signal."""
+    from pipeline.local.records import resume_command
+
     if stop.record is None:
         print(f"covertype: {stop} before the run started; nothing to resume", file=sys.stderr)
     else:
@@ -161,6 +183,13 @@ def _report_interrupted(console: Console, stop: RunInterrupted) -> int:
 def print_summary(console: Console, record: RunRecord) -> None:
     """The end-of-run summary: steps, their outputs, and for this project's pipeline the best
     trial, the gate and the deployment; where things are."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipeline.local.records import RunStore
+    from pipeline.local.summary import RunSummary, steps_in_order
+
     store = RunStore()
     style = STATUS_STYLE.get(record.status, "")
     took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
@@ -208,6 +237,12 @@ def _shorten(value: str) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipeline.local.records import RunStore
+    from pipeline.local.summary import RunSummary
+
     console = make_console()
     table = Table("run id", "status", "start", "duration", "metric", "deployed", box=None)
     for record in RunStore().list():
@@ -224,6 +259,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from pipeline.local.records import RunStore
+
     console = make_console()
     record = RunStore().load(args.run_id)
     console.print("Parameters:")

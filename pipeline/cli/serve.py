@@ -9,7 +9,6 @@ allowlist, token, Origin, Content-Type and body-size rules.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import logging
 import os
@@ -19,7 +18,6 @@ import time
 from typing import Any, TextIO
 
 from pipeline.local.data import LAB_ROWS, parse_rows
-from pipeline.local.kfp_runs import DEFAULT_PARALLEL, LaunchSettings
 
 log = logging.getLogger("covertype.serve")
 
@@ -48,9 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--rows", default=str(LAB_ROWS),
                        help="bundled rows a run of the KFP API loads as the source table "
                             f"(default {LAB_ROWS}; 'all')")
-    serve.add_argument("--parallel-runs", type=int, default=DEFAULT_PARALLEL,
+    serve.add_argument("--parallel-runs", type=int, default=None,
                        help="runs of the KFP API executed at once; more wait in a queue "
-                            f"(default {DEFAULT_PARALLEL})")
+                            "(default: the number of CPUs, at most 4)")
     serve.set_defaults(func=_serve)
 
 
@@ -62,6 +60,9 @@ class RequestLog:
     """
 
     def __init__(self, app: Any, stream: TextIO | None = None, interval: float = 0.2) -> None:
+        import asyncio
+
+        self._running_loop = asyncio.get_running_loop
         self.app = app
         self.stream = stream or sys.stderr
         self.interval = interval
@@ -91,7 +92,7 @@ class RequestLog:
                 f"{status} {(time.perf_counter() - started) * 1000:.1f} ms\n")
             if not self._scheduled:
                 self._scheduled = True
-                asyncio.get_running_loop().call_later(self.interval, self.flush)
+                self._running_loop().call_later(self.interval, self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines."""
@@ -131,9 +132,12 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
     policy = AccessPolicy.for_server(args.host, args.allow_host, token)
     check_address(args.host, args.port)
-    if args.parallel_runs < 1:
-        raise ValueError(f"--parallel-runs {args.parallel_runs} must be 1 or more")
-    settings = LaunchSettings(rows=parse_rows(args.rows), parallel=args.parallel_runs)
+    from pipeline.local.kfp_runs import DEFAULT_PARALLEL, LaunchSettings
+
+    parallel = DEFAULT_PARALLEL if args.parallel_runs is None else args.parallel_runs
+    if parallel < 1:
+        raise ValueError(f"--parallel-runs {parallel} must be 1 or more")
+    settings = LaunchSettings(rows=parse_rows(args.rows), parallel=parallel)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     if warning := policy.exposure_warning():

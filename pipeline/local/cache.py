@@ -28,13 +28,13 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
-from pipeline.local.bigquery import Warehouse, WarehouseError, parse_table_name
+
+if TYPE_CHECKING:
+    import duckdb
 
 BIGQUERY_LAUNCHER = "kfp_component.google.bigquery"
 MANIFEST = "manifest.json"
@@ -91,10 +91,10 @@ def step_key(step: str, container: dict[str, Any], command: list[str], env: dict
             if tables is None:
                 return None
             names_read, tables_written = tables
-            with Warehouse() as warehouse:
+            with _warehouse() as warehouse:
                 tables_read = {name: table_fingerprint(warehouse.con, name)
                                for name in names_read}
-    except (OSError, WarehouseError, duckdb.Error) as error:
+    except (OSError, *_warehouse_errors()) as error:
         logger.warning("step cache: cannot key %s (%s); running it", step, one_line(error))
         return None
     material = {
@@ -142,6 +142,8 @@ def table_fingerprint(con: duckdb.DuckDBPyConnection, name: str) -> str:
     sum of hashes of (position, row): the steps export rows in table order, so a reordered
     table changes their outputs. Unlike XOR, sums do not cancel duplicate rows.
     """
+    from pipeline.local.bigquery import parse_table_name
+
     dataset, table = parse_table_name(name)
     kinds = con.execute(
         "SELECT 'table' FROM duckdb_tables() WHERE lower(schema_name) = lower($1) "
@@ -190,6 +192,22 @@ def _query_tables(command: list[str]) -> tuple[list[str], tuple[str, ...]] | Non
     return sorted(read), written
 
 
+def _warehouse() -> Any:
+    """The local warehouse (DuckDB is loaded only for the steps that touch it)."""
+    from pipeline.local.bigquery import Warehouse
+
+    return Warehouse()
+
+
+def _warehouse_errors() -> tuple[type[Exception], ...]:
+    """The warehouse's errors, for an `except` (evaluated only when something was raised)."""
+    import duckdb
+
+    from pipeline.local.bigquery import WarehouseError
+
+    return WarehouseError, duckdb.Error
+
+
 def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1] if flag in command[:-1] else ""
 
@@ -220,7 +238,7 @@ class StepCache:
             return None
         try:
             if manifest["tables"]:
-                with Warehouse() as warehouse:
+                with _warehouse() as warehouse:
                     for name, fingerprint in manifest["tables"].items():
                         if table_fingerprint(warehouse.con, name) != fingerprint:
                             return None  # the table the step wrote has changed since
@@ -228,7 +246,7 @@ class StepCache:
                 _put_file(uri, blobs[digest], digest)
             for name, digest in manifest["artifacts"].items():
                 _put_file(str(artifact_paths[name]), blobs[digest], digest)
-        except (OSError, WarehouseError, duckdb.Error) as error:
+        except (OSError, *_warehouse_errors()) as error:
             logger.warning("step cache: cannot put back the outputs of %s (%s); running the step",
                            key.step, one_line(error))
             return None
@@ -252,7 +270,7 @@ class StepCache:
                 if content is not None:
                     manifest["files"][value] = _keep(staging, content)
             if key.tables_written:
-                with Warehouse() as warehouse:
+                with _warehouse() as warehouse:
                     manifest["tables"] = {name: table_fingerprint(warehouse.con, name)
                                           for name in key.tables_written}
             write_atomic(staging / MANIFEST, json.dumps(manifest, indent=1))
@@ -262,7 +280,7 @@ class StepCache:
         except OSError as error:
             if not folder.exists():
                 logger.warning("step cache: not storing %s (%s)", key.step, one_line(error))
-        except (CacheError, WarehouseError, duckdb.Error) as error:
+        except (CacheError, *_warehouse_errors()) as error:
             logger.warning("step cache: not storing %s (%s)", key.step, one_line(error))
         except NotCacheable as reason:
             logger.debug("step cache: not storing %s (%s)", key.step, reason)

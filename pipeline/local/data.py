@@ -1,10 +1,7 @@
 """The bundled Covertype rows (data/covertype.csv.gz, CC BY 4.0) loaded into the warehouse."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-
-from pipeline.local.bigquery import Warehouse
 
 BUNDLED_CSV = Path(__file__).resolve().parents[2] / "data" / "covertype.csv.gz"
 BUNDLED_ROWS = 426_599
@@ -32,6 +29,8 @@ def ensure_source_table(rows: int, table: str = SOURCE_TABLE,
     The bundled file is shuffled, so its first rows are a random sample. Returns True when
     the table was (re)loaded.
     """
+    from pipeline.local.bigquery import Warehouse  # DuckDB: only when the data is needed
+
     with Warehouse(warehouse) as store:
         try:
             current = store.query(f"SELECT COUNT(*) AS n FROM `{table}`").column("n")[0].as_py()
@@ -42,6 +41,8 @@ def ensure_source_table(rows: int, table: str = SOURCE_TABLE,
         if rows == BUNDLED_ROWS:
             store.load_csv(table, str(BUNDLED_CSV))
             return True
+        import tempfile
+
         import pandas as pd
 
         with tempfile.TemporaryDirectory() as folder:
@@ -58,6 +59,7 @@ def check_source_table(table: str, warehouse: Path | None = None) -> dict[str, i
     gets rows. Returns the row count of each split.
     """
     from pipeline import schema
+    from pipeline.local.bigquery import Warehouse
 
     expected = {name: ("int64" if kind == "INTEGER" else "string")
                 for name, kind in schema.BIGQUERY_TYPES.items()}

@@ -63,6 +63,9 @@ class StepRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
     reused: str = ""  # "cache" or "resume" when the step's outputs were reused, not recomputed
+    # How its (last) process started: "forked:<library set>" from a preloaded zygote
+    # (pipeline/local/warm.py), or "new" (a new interpreter or any other command).
+    process: str = ""
     # sha256 of each file an output parameter names (e.g. a split CSV): a resumed run checks
     # that no other run has changed them since.
     files: dict[str, str] = field(default_factory=dict)

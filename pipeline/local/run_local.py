@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pipeline.atomic import write_atomic
@@ -20,9 +20,10 @@ from pipeline.local.owner import current_owner
 from pipeline.local.package import load_package
 from pipeline.local.processes import RunProcesses
 from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
-from pipeline.local.runner import LOCAL_MODULES, LineCallback, LocalRunner, StepCallback
-from pipeline.local.services import training_engine
+from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
 from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
+from pipeline.local.warm import WarmExecutor
+from pipeline.local.warm_programs import DEPLOY_ACTIONS, TRAINING_ACTIONS, launcher_action
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
@@ -65,11 +66,14 @@ def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
 def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
               on_step: StepCallback | None = None, on_line: LineCallback | None = None,
               on_start: Callable[[RunRecord], None] | None = None,
-              use_cache: bool = True, run_id: str | None = None) -> RunRecord:
+              use_cache: bool = True, run_id: str | None = None,
+              warm: bool | None = None) -> RunRecord:
     """Run the pipeline end to end on this machine; returns the finished run record.
 
     Bad parameters, a bad package or an unusable source table fail before anything is
     written. `run_id` names the run (the local KFP API passes its run's id); default: new.
+    `warm=False` starts every step and trial as a new interpreter (default: forked from
+    preloaded ones, unless COVERTYPE_COLD=1; see pipeline/local/warm.py).
     """
     configure_storage_emulator()
     home = local_home()
@@ -91,7 +95,7 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
         write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start, warm)
 
 
 def _check_gcs_root(gcs_root: str, home: Path) -> None:
@@ -106,7 +110,7 @@ def _check_gcs_root(gcs_root: str, home: Path) -> None:
 def resume_local(run_id: str, on_step: StepCallback | None = None,
                  on_line: LineCallback | None = None,
                  on_start: Callable[[RunRecord], None] | None = None,
-                 use_cache: bool = True) -> RunRecord:
+                 use_cache: bool = True, warm: bool | None = None) -> RunRecord:
     """Continue a failed or interrupted run from its last finished steps."""
     configure_storage_emulator()
     home = local_home()
@@ -133,34 +137,57 @@ def resume_local(run_id: str, on_step: StepCallback | None = None,
     record.status, record.message, record.end, record.duration_s = records.RUNNING, "", "", None
     record.owner = current_owner()
     record.resumes += 1
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start, warm)
 
 
 def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
              use_cache: bool, on_step: StepCallback | None, on_line: LineCallback | None,
-             on_start: Callable[[RunRecord], None] | None) -> RunRecord:
-    """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted)."""
+             on_start: Callable[[RunRecord], None] | None, warm: bool | None) -> RunRecord:
+    """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted).
+
+    The emulator is built only when a step needs it (at once, in the background, when a step
+    runs a GCP or Vertex AI launcher); the zygotes the steps and trials need start in the
+    order the run reaches them, while the first steps run.
+    """
     if on_start:
         on_start(record)
     cache = StepCache(cache_dir(home)) if use_cache else None
-    processes = RunProcesses()
-    with processes.stop_on_signals(), EmulatorServer(home) as emulator:
-        engine = training_engine(emulator.app)
-        processes.on_stop(engine.close)  # its trials and trainer zygote end with the run
-        if _runs_gcp_components(workflow):
-            # Preload the trainer (pandas, scikit-learn) while the first steps run.
-            threading.Thread(target=engine.zygote, daemon=True).start()
-            threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
-        return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
-                           cache, processes).run()
+    with WarmExecutor(enabled=warm) as executor:
+        processes = RunProcesses(executor)
+        with processes.stop_on_signals(), EmulatorServer(
+                home, lazy=True, state={"warm_executor": executor}) as emulator:
+            processes.on_stop(lambda: _stop_training(emulator))
+            runner = LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
+                                 cache, processes)
+            actions = [action for command, _ in runner.warm_programs()
+                       if (action := launcher_action(command))]
+            if actions:
+                emulator.serve_soon()
+            if set(actions) & DEPLOY_ACTIONS:
+                threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
+            executor.prestart(_prestart_order(runner))
+            return runner.run()
 
 
-def _runs_gcp_components(workflow: Workflow) -> bool:
-    """Whether a step runs the GCP components' launcher (training and deploy jobs)."""
-    return any(module in template["container"].get("command", [])
-               + template["container"].get("args", [])
-               for template in workflow.templates.values() if "container" in template
-               for module in LOCAL_MODULES)
+def _stop_training(emulator: EmulatorServer) -> None:
+    """End the training service's jobs (and their trials) when the run stops."""
+    app = emulator.app_if_built
+    engine = getattr(app.state, "training_engine", None) if app is not None else None
+    if engine is not None:
+        engine.close()
+
+
+def _prestart_order(runner: LocalRunner) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The steps' programs in the order the run reaches them, the trainer's right after the
+    first step that starts a training job (read in the executor's prestart thread)."""
+    trainer_added = False
+    for command, env in runner.warm_programs():
+        yield command, env
+        if not trainer_added and launcher_action(command) in TRAINING_ACTIONS:
+            from pipeline.local.training_run import program_for_image
+
+            trainer_added = True
+            yield list(program_for_image("")), dict(os.environ)
 
 
 def _preload_deploy_libraries() -> None:

@@ -30,6 +30,7 @@ from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
 from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
+from pipeline.local.warm import started_as
 from pipeline.local.workflow import Workflow
 from pipeline.ml_client import EMULATOR_HOST_ENV, VERTEX_EMULATOR_HOST_ENV
 
@@ -105,6 +106,24 @@ class LocalRunner:
                 step.status = status
         self.store.save(self.record)
 
+    def warm_programs(self) -> list[tuple[list[str], dict[str, str]]]:
+        """Each container template's command and environment (placeholders unresolved), in
+        the order the run first reaches them: what the warm executor prestarts."""
+        return [(_local_command([str(part) for part in
+                                 self.workflow.templates[name]["container"].get("command", [])
+                                 + self.workflow.templates[name]["container"].get("args", [])]),
+                 self._environment({}))
+                for name in self.workflow.containers_in_order()]
+
+    def _environment(self, step_env: Mapping[str, str]) -> dict[str, str]:
+        """A step's environment: this process's, the step's own variables, the emulator."""
+        env = {**os.environ, **step_env}
+        env.update({EMULATOR_HOST_ENV: self.emulator_url,
+                    VERTEX_EMULATOR_HOST_ENV: self.emulator_url,
+                    "PYTHONUNBUFFERED": "1",
+                    "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
+        return env
+
     # Containers ----------------------------------------------------------------------------
     def _run_container(self, step: StepRecord, template: dict[str, Any],
                        scope: dict[str, str], artifacts: dict[str, str],
@@ -132,11 +151,8 @@ class LocalRunner:
                                    if "valueFrom" not in item
                                    else self._field_ref(item["valueFrom"], scope, template))
                     for item in container.get("env", [])}
-        env = {**os.environ, **{name: localise(value) for name, value in step_env.items()}}
-        env.update({STEP_ROOT_ENV: str(root), EMULATOR_HOST_ENV: self.emulator_url,
-                    VERTEX_EMULATOR_HOST_ENV: self.emulator_url,
-                    "PYTHONUNBUFFERED": "1",
-                    "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
+        env = self._environment({name: localise(value) for name, value in step_env.items()})
+        env[STEP_ROOT_ENV] = str(root)
         retry = RetryStrategy.of(template)
         step.log = str((step_dir / "log.txt").relative_to(self.folder))
         step_dir.mkdir(parents=True, exist_ok=True)
@@ -248,9 +264,8 @@ class LocalRunner:
         with open(cwd / "log.txt", "a" if attempt else "w") as log:
             if attempt:
                 log.write(f"--- retry {attempt} ---\n")
-            process = self.processes.popen(command, cwd=cwd, env=dict(env), text=True,
-                                           errors="replace", stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            process = self.processes.start(command, cwd, dict(env))
+            step.process = started_as(process)
             try:
                 code, killed = self._follow(step, process, log, tail, timeout)
             finally:
@@ -259,7 +274,7 @@ class LocalRunner:
             raise RunInterrupted(self.processes.stop_signal)
         return (None if killed else code), [line for line in tail if line.strip()]
 
-    def _follow(self, step: StepRecord, process: subprocess.Popen, log: Any, tail: list[str],
+    def _follow(self, step: StepRecord, process: Any, log: Any, tail: list[str],
                 timeout: float | None) -> tuple[int, bool]:
         """Stream a process's output to its log and the progress callback until it ends;
         (exit code, whether it was killed at `timeout` seconds with everything it started)."""
@@ -281,6 +296,7 @@ class LocalRunner:
             line = line.rstrip("\n")
             tail[:] = (tail + [line])[-LOG_TAIL_LINES:]
             self.on_line(step, line)
+        process.stdout.close()
         code = process.wait()
         if timer:
             timer.cancel()

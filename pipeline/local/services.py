@@ -21,11 +21,13 @@ _lock = threading.RLock()
 
 
 def training_engine(app: Any) -> TrainingEngine:
-    """The app's training core, created on first use and closed at shutdown."""
+    """The app's training core, created on first use and closed at shutdown; its processes
+    fork from `app.state.warm_executor` when the app has one (a local run's)."""
     with _lock:
         engine = getattr(app.state, "training_engine", None)
         if engine is None:
-            engine = app.state.training_engine = TrainingEngine(app.state.home)
+            engine = app.state.training_engine = TrainingEngine(
+                app.state.home, executor=getattr(app.state, "warm_executor", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 

@@ -78,10 +78,6 @@ class TrainingService:
         self.engine.cancel(job_id, CANCEL_REASON)
         return {}
 
-    def zygote(self) -> Any:
-        """Start the trainer zygote now (the local runner calls it while the first steps run)."""
-        return self.engine.zygote()
-
     def _record(self, project: str, job_id: str) -> dict:
         missing = NotFound(f"job projects/{project}/jobs/{job_id} not found")
         if not JOB_ID.fullmatch(job_id):

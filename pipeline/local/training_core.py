@@ -3,9 +3,9 @@
 API-neutral: the ml v1 surface (`training.py`, projects.jobs) and the aiplatform v1 surface
 (`vertex_training.py`, customJobs and hyperparameterTuningJobs) validate their own request,
 describe it as a `JobTask`, submit it here and render their own resource from the record.
-The engine owns the job's life (`training_run.py`): states, processes forked from a preloaded
-trainer zygote, trials proposed by the tuner, metric reading, cancel, and recovery of jobs
-whose owning process died.
+The engine owns the job's life (`training_run.py`): states, processes forked from preloaded
+zygotes (the warm executor, pipeline/local/warm.py), trials proposed by the tuner, metric
+reading, cancel, and recovery of jobs whose owning process died.
 
 Each job lives in `jobs_dir(home)/<id>/`: `job.json` (rewritten atomically on every change),
 one log per process (`master.log`, `trial-<n>.log`), per-trial metric files
@@ -19,11 +19,12 @@ optional callback). The record (`job.json`):
      "hours": process hours, "outputDir", "tuning": bool,
      "trials": [{"id", "values", "state": RUNNING|SUCCEEDED|FAILED|CANCELLED, "startTime",
                  "endTime", "metric": {"value", "step"}}],
-     "trialDetails": {trialId or "master": {"logFile", "exitCode", "error", "logTail"}}}
+     "trialDetails": {trialId or "master": {"logFile", "exitCode", "process", "error",
+                                            "logTail"}}}
 
 `error.code` is a google.rpc.Code (1 cancelled, 3 the program failed, 10 interrupted, 13 an
-internal error). `trialDetails` is local-only: log file, exit code, and for a failed or
-cancelled trial its reason and log tail.
+internal error). `trialDetails` is local-only: log file, exit code, how the process started
+(`warm.started_as`), and for a failed or cancelled trial its reason and log tail.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,23 +41,20 @@ from pipeline.atomic import write_atomic
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, NotFound
 from pipeline.local.home import jobs_dir, storage_root
 from pipeline.local.owner import current_owner, owner_alive
-from pipeline.local.processes import die_with_parent
 from pipeline.local.storage import resolve_in_storage
-from pipeline.local.trainer_zygote import TrainerZygote
 from pipeline.local.training_run import (
     ABORTED,
     INTERRUPTED,
     PROGRAM_FAILED,
     TERMINAL_STATES,
-    TRAINER_PROGRAM,
     JobRun,
     JobTask,
     now,
     save,
 )
+from pipeline.local.warm import WarmExecutor
 
 JOB_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,127}")
-COLD_ENV = "COVERTYPE_TRAINER_COLD"
 
 logger = logging.getLogger(__name__)
 _LIVE_FOLDERS: set[str] = set()  # jobs being run by an engine of this process
@@ -84,9 +81,12 @@ class TrainingEngine:
     Args:
         home: The local home folder; jobs go to `jobs_dir(home)`.
         on_event: Called with each event dict (job state change, trial start/end).
+        executor: forks the jobs' processes from preloaded zygotes; the local runner shares
+            its own (closed by the runner). Default: one of the engine's, closed with it.
     """
 
-    def __init__(self, home: Path, on_event: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, home: Path, on_event: Callable[[dict], None] | None = None,
+                 executor: WarmExecutor | None = None) -> None:
         self.root = jobs_dir(home)
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage = storage_root(home)  # where jobs may write (check_output_dir)
@@ -94,9 +94,8 @@ class TrainingEngine:
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
-        self._zygotes: dict[str, TrainerZygote] = {}
-        self._zygote_lock = threading.Lock()
-        self._zygote_failed = False
+        self.executor = executor or WarmExecutor()
+        self._own_executor = executor is None
         self._recover()
 
     def submit(self, key: str, identity: dict[str, str], request: dict, task: JobTask) -> dict:
@@ -168,29 +167,8 @@ class TrainingEngine:
         self.closing.set()
         for thread in list(self._threads.values()):
             thread.join(timeout)
-        with self._zygote_lock:
-            for zygote in self._zygotes.values():
-                zygote.close()
-
-    def zygote(self, program: tuple[str, ...] = TRAINER_PROGRAM) -> TrainerZygote | None:
-        """The preloaded zygote of a `python -u <script.py>` program (started on first use,
-        restarted if it died), or None: run a cold interpreter per process."""
-        if (os.environ.get(COLD_ENV) == "1" or len(program) != 3
-                or program[:2] != (sys.executable, "-u") or not program[2].endswith(".py")):
-            return None
-        with self._zygote_lock:
-            if self._zygote_failed or self.closing.is_set():
-                return None
-            zygote = self._zygotes.get(program[2])
-            if zygote is None or not zygote.alive:
-                try:
-                    zygote = self._zygotes[program[2]] = TrainerZygote(program[2],
-                                                                      die_with_parent)
-                except OSError as error:
-                    logger.warning("trainer zygote unavailable, trials start cold: %s", error)
-                    self._zygote_failed = True
-                    return None
-            return zygote
+        if self._own_executor:
+            self.executor.close()
 
     def emit(self, key: str, event: str, **fields: Any) -> None:
         """Record an event in the job's events.jsonl, the logger and the callback."""

@@ -4,10 +4,10 @@ A `JobRun` runs in a background thread of the `TrainingEngine` (training_core.py
 job's record current (written atomically after every change):
 QUEUED -> PREPARING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (through CANCELLING).
 
-The image's program (`program_for_image`) is forked from a preloaded trainer zygote
-(pipeline/local/trainer_zygote.py) to skip ~2 s of imports per trial when it is a
-`python -u <script.py>` command; if the zygote cannot start, or COVERTYPE_TRAINER_COLD=1, each
-process starts a fresh interpreter instead.
+The image's program (`program_for_image`) is forked by the engine's warm executor
+(pipeline/local/warm.py) from a zygote that has its libraries loaded, which skips ~2 s of
+imports per trial; if it cannot be, or with COVERTYPE_COLD=1, each process starts a fresh
+interpreter instead.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from typing import Any
 from pipeline.atomic import write_atomic
 from pipeline.hypertune import TuningSpec
 from pipeline.local.processes import die_with_parent
-from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
 from pipeline.local.tuning import Suggestion, Tuner, final_metric, seed_for
+from pipeline.local.warm import ForkedProcess, WarmExecutor, started_as
 from pipeline.trainer import TRAIN_PY
 
 TRAINER_PROGRAM = (sys.executable, "-u", str(TRAIN_PY))
@@ -105,24 +105,22 @@ class _Process:
 
     def __init__(self, program: Sequence[str], arguments: list[str], env: dict[str, str],
                  log: Path, suggestion: Suggestion | None = None,
-                 zygote: TrainerZygote | None = None) -> None:
+                 executor: WarmExecutor | None = None) -> None:
         self.log = log
         self.suggestion = suggestion
         self.metric: tuple[float, int] | None = None  # the trial's (value, step), once read
         self.started = time.monotonic()
-        self.popen: subprocess.Popen | ForkedChild
-        if zygote:
-            log.write_bytes(b"")
-            try:
-                self.popen = zygote.spawn(arguments, env, str(log))
-                return
-            except OSError as error:
-                logger.warning("trainer zygote failed, starting %s cold: %s", log.stem, error)
+        self.popen: subprocess.Popen | ForkedProcess | None = None
+        command = [*program, *arguments]
         with open(log, "wb") as stream:
-            self.popen = subprocess.Popen([*program, *arguments], stdout=stream,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True,
-                                          preexec_fn=die_with_parent)
+            warm = executor.prepare(command, env) if executor else None
+            if warm:
+                self.popen = warm.start(os.getcwd(), session=True, output=stream.fileno())
+            if self.popen is None:
+                self.popen = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env,
+                                              start_new_session=True,
+                                              preexec_fn=die_with_parent)
 
     @property
     def trial_id(self) -> str:
@@ -221,8 +219,7 @@ class JobRun:
                suggestion: Suggestion | None = None) -> _Process:
         env = {**os.environ, **self.task.env, **env}
         process = _Process(self.program, [*self.task.args, *flags, *self.task.last_args], env,
-                           self.folder / f"{name}.log", suggestion,
-                           self.engine.zygote(self.program))
+                           self.folder / f"{name}.log", suggestion, self.engine.executor)
         self.processes.append(process)
         return process
 
@@ -244,7 +241,8 @@ class JobRun:
         self._wait_any()
         self.record["hours"] = self._hours()
         code = process.popen.returncode
-        self.record["trialDetails"]["master"] = {"logFile": str(process.log), "exitCode": code}
+        self.record["trialDetails"]["master"] = {"logFile": str(process.log), "exitCode": code,
+                                                 "process": started_as(process.popen)}
         if code != 0:
             raise _Stop("FAILED", f"The replica {self.task.replica} exited with a non-zero "
                                   f"status of {code}. Last log lines: "
@@ -318,7 +316,8 @@ class JobRun:
         trial.update(state=state, endTime=now())
         if state == "SUCCEEDED" and process.metric:
             trial["metric"] = {"value": process.metric[0], "step": process.metric[1]}
-        details = {"logFile": str(process.log), "exitCode": process.popen.returncode}
+        details = {"logFile": str(process.log), "exitCode": process.popen.returncode,
+                   "process": started_as(process.popen)}
         if error:
             details.update(error=error, logTail=process.tail())
         self.record["trialDetails"][trial_id] = details

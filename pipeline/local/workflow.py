@@ -96,3 +96,34 @@ class Workflow:
 
     def is_dag(self, template_name: str) -> bool:
         return "dag" in self.templates[template_name]
+
+    def containers_in_order(self) -> list[str]:
+        """The container templates in the order a run first reaches them: by the depth of
+        their first task in the DAGs (sub-DAGs nested in their task's depth), then the exit
+        handler's. What the warm executor prestarts in."""
+        first: dict[str, int] = {}
+
+        def visit(name: str, start: int, seen: frozenset[str]) -> None:
+            template = self.templates.get(name, {})
+            if "container" in template:
+                first[name] = min(first.get(name, start), start)
+            if "dag" not in template or name in seen:
+                return
+            tasks = {task["name"]: task for task in template["dag"]["tasks"]}
+            depths: dict[str, int] = {}
+
+            def depth(task: str) -> int:
+                if task not in depths:
+                    depths[task] = 0  # a cycle (refused elsewhere) stops here
+                    depths[task] = 1 + max((depth(dep) for dep in
+                                            tasks[task].get("dependencies") or []
+                                            if dep in tasks), default=-1)
+                return depths[task]
+
+            for task_name, task in tasks.items():
+                visit(task["template"], start + depth(task_name), seen | {name})
+
+        visit(self.entrypoint, 0, frozenset())
+        if self.on_exit:
+            visit(self.on_exit, 1 + max(first.values(), default=0), frozenset())
+        return sorted(first, key=lambda name: (first[name], name))

@@ -7,19 +7,19 @@ text), `output` (bq's output formats), `fingerprints` (FARM_FINGERPRINT and its 
 `loading` (CSV in and out), `jobs` (query job inputs), `names` (identifiers and errors).
 docs/bigquery.md lists what is supported and refused.
 """
-from pipeline.local.bigquery.fingerprints import fingerprint64
-from pipeline.local.bigquery.jobs import validate_query_job
-from pipeline.local.bigquery.names import (
-    CACHE_DATASET,
-    DEFAULT_DATASET,
-    NotSupportedError,
-    WarehouseError,
-    parse_table_name,
-    validate_identifier,
-)
-from pipeline.local.bigquery.warehouse import Warehouse
+import importlib
+from typing import Any
 
-__all__ = [
-    "CACHE_DATASET", "DEFAULT_DATASET", "NotSupportedError", "Warehouse", "WarehouseError",
-    "fingerprint64", "parse_table_name", "validate_identifier", "validate_query_job",
-]
+# Name -> the module that defines it, imported on first use (PEP 562), so that a module
+# below (`output`'s formats, say) can be imported without loading DuckDB and sqlglot.
+_EXPORTS = {"fingerprint64": "fingerprints", "validate_query_job": "jobs",
+            "CACHE_DATASET": "names", "DEFAULT_DATASET": "names", "NotSupportedError": "names",
+            "WarehouseError": "names", "parse_table_name": "names",
+            "validate_identifier": "names", "Warehouse": "warehouse"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -13,18 +13,18 @@ import csv
 import datetime as dt
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-from rich.cells import cell_len
-
-from pipeline.local.bigquery.types import api_value, column_types, struct_fields
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = ("csv", "json", "prettyjson", "pretty")
 
 
 def render(table: pa.Table, output_format: str) -> str:
     """The text bq prints for this result, newline-terminated (or "" for no output)."""
+    from pipeline.local.bigquery.types import column_types  # DuckDB: not for `--help`
+
     names = list(table.column_names)
     kinds = column_types(table)
     rows = [[_displayed(value, kind) for value, kind in zip(row.values(), kinds, strict=True)]
@@ -47,6 +47,8 @@ def render(table: pa.Table, output_format: str) -> str:
 
 def _displayed(value: Any, kind: str) -> Any:
     """bq's normalization of an API value: TIMESTAMP to seconds, STRUCT to an object."""
+    from pipeline.local.bigquery.types import api_value, struct_fields
+
     if value is None:
         return None
     if kind.startswith("ARRAY<"):
@@ -76,6 +78,7 @@ def _csv(names: list[str], rows: list[list[Any]]) -> str:
 
 
 def _pretty(names: list[str], kinds: list[str], rows: list[list[Any]]) -> str:
+    from rich.cells import cell_len
     cells = [[str(_flat(value, "NULL")).split("\n") for value in row] for row in rows]
     widths = [max([cell_len(name)] + [cell_len(line) for row in cells for line in row[i]])
               for i, name in enumerate(names)]
@@ -96,6 +99,8 @@ def _pretty(names: list[str], kinds: list[str], rows: list[list[Any]]) -> str:
 
 
 def _center(text: str, width: int) -> str:
+    from rich.cells import cell_len
+
     left = (width - cell_len(text)) // 2
     return " " * left + text + " " * (width - cell_len(text) - left)
 
