@@ -130,11 +130,14 @@ def run_pipeline(package: Path, warehouse: Path, rows: int | str, folder: Path) 
                        for split in schema.SPLIT_LOTS},
     }
     if "tune-hyperparameters-job_id" in outputs:  # an ml v1 (caip) tuning job
+        from pipeline.local.tuning import format_value
+
         job = json.loads((home / "jobs" / outputs["tune-hyperparameters-job_id"] / "job.json")
-                         .read_text())["job"]
-        trials = sorted(job["trainingOutput"]["trials"], key=lambda trial: int(trial["trialId"]))
-        result["trials"] = [trial["hyperparameters"] for trial in trials]
-        result["max_parallel_trials"] = job["trainingInput"]["hyperparameters"][
+                         .read_text())  # the training core's record (training_core.py)
+        trials = sorted(job["trials"], key=lambda trial: int(trial["id"]))
+        result["trials"] = [{name: format_value(value) for name, value in trial["values"].items()}
+                            for trial in trials]  # as the trial's flags printed them
+        result["max_parallel_trials"] = job["request"]["trainingInput"]["hyperparameters"][
             "maxParallelTrials"]
     return result
 
@@ -195,8 +198,8 @@ def _trial(job: tuple[dict[str, str], Path, dict[str, str]]) -> float:
     paths, folder, hyperparameters = job
     train = _train_module()
     os.environ[train.METRIC_FILE_ENV] = str(folder / "trial.metrics")
-    train.train_evaluate(str(folder), paths["training"], paths["validation"],
-                         hyperparameters["alpha"], hyperparameters["max_iter"], hptune=True)
+    train.train_evaluate(paths["training"], paths["validation"], hyperparameters["alpha"],
+                         hyperparameters["max_iter"], hptune=True, job_dir=str(folder))
     last = (folder / "trial.metrics").read_text().strip().splitlines()[-1]
     return float(json.loads(last)[train.HPTUNE_METRIC_TAG])
 
@@ -232,8 +235,8 @@ def baseline(warehouse: Path, out: Path, trials: list[dict[str, str]], parallel:
         objectives = list(pool.map(_trial, jobs))
     phases["trials"], start = time.perf_counter() - start, time.perf_counter()
     best = trials[objectives.index(max(objectives))]
-    train.train_evaluate(str(out / "model"), paths["training"], paths["validation"],
-                         best["alpha"], best["max_iter"], hptune=False)
+    train.train_evaluate(paths["training"], paths["validation"], best["alpha"],
+                         best["max_iter"], hptune=False, job_dir=str(out / "model"))
     phases["final_fit"], start = time.perf_counter() - start, time.perf_counter()
     scores = evaluate(Path(paths["testing"]), out / "model" / train.MODEL_FILENAME)
     phases["evaluate"] = time.perf_counter() - start
