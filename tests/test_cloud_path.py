@@ -7,6 +7,7 @@ base image's programs from its staged context, where `pipeline.local` does not e
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,9 @@ PACKAGE = REPO / "pipeline"
 # The cloud path: pipeline/*.py and every subpackage but the local mode and its CLI.
 CLOUD_FILES = sorted(path for path in PACKAGE.rglob("*.py")
                      if path.relative_to(PACKAGE).parts[0] not in ("local", "cli"))
+# Libraries of the local mode only: no cloud-path module may load them.
+LOCAL_LIBRARIES = {"duckdb", "sqlglot", "optuna", "onnxruntime", "skl2onnx", "fastapi",
+                   "uvicorn", "starlette", "rich"}
 CLOUD_MODULES = ["pipeline.vertex.launcher", "pipeline.vertex.tune", "pipeline.vertex.train",
                  "pipeline.vertex.deploy", "pipeline.best_run", "pipeline.ml_client",
                  "pipeline.discovery", "pipeline.parameters", "pipeline.images"]
@@ -47,6 +51,45 @@ def test_the_cloud_path_never_imports_the_local_mode():
         if name == "pipeline.local" or name.startswith("pipeline.local."))
         for path in CLOUD_FILES}
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def module_name(path: Path) -> str:
+    """`pipeline/vertex/deploy.py` -> `pipeline.vertex.deploy` (a package: its own name)."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def loaded_after_import(*modules: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing `modules` (what they import when
+    imported, transitively)."""
+    script = ("import importlib, json, sys\n"
+              f"for name in {list(modules)!r}: importlib.import_module(name)\n"
+              "print(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+def test_no_cloud_module_loads_the_local_mode_or_its_libraries():
+    """Imported for real, every module of the cloud path leaves the local mode and the
+    libraries only it needs unloaded (a cluster's images do not have them)."""
+    loaded = loaded_after_import(*(module_name(path) for path in CLOUD_FILES))
+
+    assert {name for name in loaded if name.startswith("pipeline.local")} == set()
+    assert {name.partition(".")[0] for name in loaded} & LOCAL_LIBRARIES == set()
+
+
+def test_the_submit_check_and_the_deploy_action_stay_light():
+    """`make run` checks parameters before a cloud submit without the tuner (optuna) or the
+    local mode; the deploy step's action does not load the server-side registry (numpy)."""
+    parameters = loaded_after_import("pipeline.parameters")
+    deploy = loaded_after_import("pipeline.local.actions.deploy")
+
+    assert {name.partition(".")[0] for name in parameters} & {"optuna", "numpy"} == set()
+    assert not any(name.startswith("pipeline.local") for name in parameters)
+    assert {name.partition(".")[0] for name in deploy} & {"numpy", "onnxruntime"} == set()
+    assert {"pipeline.local.registry", "pipeline.local.prediction"} & deploy == set()
 
 
 def test_the_import_check_sees_lazy_imports(tmp_path):

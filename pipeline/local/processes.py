@@ -89,6 +89,7 @@ class RunProcesses:
     def __init__(self, executor: Any = None) -> None:
         self.executor = executor
         self.stop_signal: int | None = None
+        self.stopping = threading.Event()  # set with stop_signal
         self._lock = threading.Lock()
         self._running: set[Any] = set()
         self._on_stop: list[Callable[[], None]] = []
@@ -102,7 +103,7 @@ class RunProcesses:
             RunInterrupted: the run is stopping; nothing was started.
             OSError: the command could not start.
         """
-        warm = self.executor.prepare(command, env) if self.executor else None
+        warm = self.executor.prepare(command, env, self.stopping) if self.executor else None
         with self._lock:
             if self.stop_signal is not None:
                 raise RunInterrupted(self.stop_signal)
@@ -134,6 +135,7 @@ class RunProcesses:
             first = self.stop_signal is None
             if first:
                 self.stop_signal = signum
+                self.stopping.set()
             running = list(self._running)
         for process in running:
             _kill_group(process, signal.SIGTERM if first else signal.SIGKILL)

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,8 @@ class _Process:
 
     def __init__(self, program: Sequence[str], arguments: list[str], env: dict[str, str],
                  log: Path, suggestion: Suggestion | None = None,
-                 executor: WarmExecutor | None = None) -> None:
+                 executor: WarmExecutor | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.log = log
         self.suggestion = suggestion
         self.metric: tuple[float, int] | None = None  # the trial's (value, step), once read
@@ -113,7 +115,9 @@ class _Process:
         self.popen: subprocess.Popen | ForkedProcess | None = None
         command = [*program, *arguments]
         with open(log, "wb") as stream:
-            warm = executor.prepare(command, env) if executor else None
+            warm = executor.prepare(command, env, stop) if executor else None
+            if stop is not None and stop.is_set():  # the service stopped while it waited
+                raise _Stop("FAILED", INTERRUPTED, ABORTED)
             if warm:
                 self.popen = warm.start(os.getcwd(), session=True, output=stream.fileno())
             if self.popen is None:
@@ -219,7 +223,8 @@ class JobRun:
                suggestion: Suggestion | None = None) -> _Process:
         env = {**os.environ, **self.task.env, **env}
         process = _Process(self.program, [*self.task.args, *flags, *self.task.last_args], env,
-                           self.folder / f"{name}.log", suggestion, self.engine.executor)
+                           self.folder / f"{name}.log", suggestion, self.engine.executor,
+                           self.engine.closing)
         self.processes.append(process)
         return process
 

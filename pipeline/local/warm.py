@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -97,12 +98,19 @@ class Zygote:
         self._next = 0
         self._channel: socket.socket | None = None
         self._process: subprocess.Popen | None = None
+        self._closed = False
         self._error = ""
         threading.Thread(target=self._read, name=f"zygote-{name}", daemon=True).start()
 
-    def wait_ready(self, timeout: float = READY_SECONDS) -> bool:
-        """Whether the zygote has preloaded its set and forks (False: it failed or is slow)."""
-        return self.ready.wait(timeout) and self.alive
+    def wait_ready(self, stop: threading.Event | None = None,
+                   timeout: float = READY_SECONDS) -> bool:
+        """Whether the zygote has preloaded its set and forks (False: it failed, is slow, or
+        `stop` was set meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.05 if stop else timeout):
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                return False
+        return self.alive
 
     def spawn(self, program: Program, command: list[str], env: Mapping[str, str], cwd: str,
               path: list[str], output: int, session: bool) -> ForkedProcess:
@@ -132,14 +140,18 @@ class Zygote:
         return process
 
     def close(self) -> None:
-        """Close the channel: the zygote kills its children and exits."""
+        """Close the channel: the zygote kills its children and exits (one still importing
+        its set is killed at once: it has nothing to finish)."""
         with self._lock:
             self.alive = False
+            self._closed = True
             if self._channel is not None:
                 try:
                     self._channel.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
+            if self._process is not None and not self.ready.is_set():
+                self._process.kill()
 
     def join(self, timeout: float = 5.0) -> None:
         """Wait for the closed zygote to exit (killed after `timeout` seconds)."""
@@ -168,7 +180,10 @@ class Zygote:
             return
         finally:
             theirs.close()
-        self._channel = ours
+        with self._lock:
+            self._channel = ours
+            if self._closed:  # closed while it was being started
+                self._process.kill()
         with ours.makefile("rb") as lines:
             for line in lines:
                 self._dispatch(json.loads(line))
@@ -252,16 +267,17 @@ class WarmExecutor:
         self._zygotes: list[Zygote] = []
         self._closed = False
 
-    def prepare(self, command: list[str], env: Mapping[str, str]) -> WarmStart | None:
+    def prepare(self, command: list[str], env: Mapping[str, str],
+                stop: threading.Event | None = None) -> WarmStart | None:
         """The warm start of `command` in `env`, once its zygote is ready (started now if it
-        is not running); None: start it cold."""
+        is not running); None: start it cold (or `stop` was set while waiting)."""
         if not self.enabled:
             return None
         program = recognise(list(command), dict(env))
         if program is None:
             return None
         zygote, path = self._zygote(library_set(program), env)
-        if zygote is None or not zygote.wait_ready():
+        if zygote is None or not zygote.wait_ready(stop):
             return None
         if _shadowed(path, zygote.top_modules):
             return None
