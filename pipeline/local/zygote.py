@@ -85,8 +85,7 @@ def serve(channel: socket.socket, modules: list[str]) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: dict[int, object] = {}  # pid -> request id
-    _send(channel, {"ready": True, "modules": sorted(sys.modules), "failed": failed,
-                    "threads": threading.active_count()})
+    _send(channel, {"ready": True, "modules": sorted(sys.modules), "failed": failed})
     while True:
         readable, _, _ = select.select([channel, wake_read], [], [])
         if wake_read in readable:
