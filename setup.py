@@ -19,7 +19,7 @@ setup(
     package_data={"pipeline": ["components/**/component.yaml", "discovery/*.json", "discovery/*.md",
                                "local/browser/templates/*", "local/browser/static/*"]},
     install_requires=requirements,
-    entry_points={"console_scripts": ["covertype=pipeline.cli:main",
+    entry_points={"console_scripts": ["covertype=pipeline.cli:entry",
                                       # `argo watch` of local runs, for `kfp run submit -w`
                                       "argo=pipeline.local.argo_watch:main"]},
 )

@@ -39,7 +39,7 @@ PENDING, RUNNING, SUCCEEDED, FAILED, ERROR, TERMINATING = (
     "Pending", "Running", "Succeeded", "Failed", "Error", "Terminating")
 FINAL = {SUCCEEDED, FAILED, ERROR, "Skipped"}
 TERMINATED_MESSAGE = "terminated"  # Argo's message on a terminated node; the KFP UI keys on it
-_MAIN = "import sys; from pipeline.cli import main; sys.exit(main())"
+_MAIN = "from pipeline.cli import entry; entry()"
 _PR_SET_PDEATHSIG = 1
 
 

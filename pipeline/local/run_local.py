@@ -164,7 +164,7 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
             if actions:
                 emulator.serve_soon()
             if set(actions) & DEPLOY_ACTIONS:
-                threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
+                threading.Thread(target=_prepare_deploy, args=(home,), daemon=True).start()
             executor.prestart(_prestart_order(runner))
             return runner.run()
 
@@ -190,8 +190,13 @@ def _prestart_order(runner: LocalRunner) -> Iterator[tuple[list[str], dict[str, 
             yield list(program_for_image("")), dict(os.environ)
 
 
-def _preload_deploy_libraries() -> None:
-    """Import what the deploy step's registry check needs (it runs in this process) early."""
+def _prepare_deploy(home: Path) -> None:
+    """What the deploy step's fast-path check (it runs in this process, in the registry)
+    needs, made while the steps before it run: its libraries and the verification rows."""
     import onnxruntime  # noqa: F401
     import skl2onnx  # noqa: F401
     import sklearn.pipeline  # noqa: F401
+
+    from pipeline.local.prediction import verification_rows
+
+    verification_rows(cache_dir(home))

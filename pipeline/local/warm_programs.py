@@ -111,9 +111,9 @@ def program_imports(program: Program) -> set[str]:
     """The modules a program imports: its own statements, then this package's modules they
     import (transitively), without the standard library."""
     if program.kind == "source":
-        names = _imports_of_text(program.target, "<program>")
+        names = set(_imports_of_text(program.target, "<program>"))
     elif program.kind == "script":
-        names = _imports_of_file(str(Path(program.target).resolve()))
+        names = set(_imports_of_file(str(Path(program.target).resolve())))
     else:
         names = {program.target} | _dynamic_action(program)
     seen: set[str] = set()
@@ -179,17 +179,18 @@ def _package_files(name: str) -> list[Path]:
 @lru_cache(maxsize=512)
 def _imports_of_file(path: str) -> frozenset[str]:
     try:
-        return frozenset(_imports_of_text(Path(path).read_text(), path))
+        return _imports_of_text(Path(path).read_text(), path)
     except (OSError, UnicodeDecodeError):
         return frozenset()
 
 
-def _imports_of_text(text: str, filename: str) -> set[str]:
+@lru_cache(maxsize=256)
+def _imports_of_text(text: str, filename: str) -> frozenset[str]:
     """Every module an import statement names, anywhere in the source (absolute imports)."""
     try:
         tree = ast.parse(text, filename)
     except (SyntaxError, ValueError):
-        return set()
+        return frozenset()
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -197,7 +198,7 @@ def _imports_of_text(text: str, filename: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 def _module_name(text: str) -> bool:

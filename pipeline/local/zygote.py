@@ -359,6 +359,7 @@ def main(argv: list[str]) -> None:
         except OSError:
             pass
         raise
+    os._exit(0)  # nothing to flush or finalise: tearing the preloaded libraries down takes long
 
 
 if __name__ == "__main__":
