@@ -159,6 +159,12 @@ def print_summary(console: Console, record: RunRecord) -> None:
         console.print("Serve it with `covertype serve` (make serve): POST /v1/"
                       f"{summary.deployed_version.rsplit('/versions/', 1)[0]}:predict; "
                       "runs at http://127.0.0.1:8080/", markup=False)
+    elif summary.deployed_endpoint:  # Vertex AI: an endpoint and its deployed model
+        console.print(f"Deployed: endpoint {summary.deployed_endpoint}, deployed model "
+                      f"{summary.deployed_model_id}", markup=False)
+        console.print("Serve it with `covertype serve` (make serve): POST /v1/"
+                      f"{summary.deployed_endpoint}:predict; runs at http://127.0.0.1:8080/",
+                      markup=False)
     else:
         console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
     console.print(f"Run folder: {store.folder(record.run_id)}")
@@ -172,10 +178,12 @@ def _list(args: argparse.Namespace) -> int:
         metric = (f"{summary.metric_name} {summary.metric_value:.4f}"
                   if summary.metric_value is not None else "")
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
-        deployed = summary.deployed_version or ""
+        deployed = (summary.deployed_version or "").replace("projects/local/models/", "").replace(
+            "/versions/", " ") or (summary.deployed_endpoint or "").rpartition("/locations/")[2]
+        if summary.deployed_endpoint:
+            deployed += f" {summary.deployed_model_id}"
         table.add_row(record.run_id, record.status, record.start, duration, metric,
-                      deployed.replace("projects/local/models/", "").replace("/versions/", " ")
-                      or "no")
+                      deployed or "no")
     console.print(table)
     return 0
 

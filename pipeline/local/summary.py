@@ -11,10 +11,9 @@ from pathlib import Path
 
 from pipeline.local import records
 from pipeline.local.records import RunRecord
+from pipeline.vertex.deploy import DEPLOYED_MODEL_OUTPUT, ENDPOINT_OUTPUT
 
 BEST_RUN_STEP, EVALUATE_STEP, DEPLOY_STEP = "retrieve-best-run", "evaluate-model", "deploy-model"
-# The Vertex AI deploy step's output naming the endpoint resource, by the names it may carry.
-ENDPOINT_OUTPUTS = ("endpoint_name", "endpoint")
 
 
 def step_output(record: RunRecord, step: str, name: str) -> str | None:
@@ -55,8 +54,7 @@ class RunSummary:
         metric = step_output(record, EVALUATE_STEP, "metric_value")
         threshold = record.parameters.get("evaluation_metric_threshold")
         deployed = step_output(record, DEPLOY_STEP, "version_name")
-        endpoint = next((value for name in ENDPOINT_OUTPUTS
-                         if (value := step_output(record, DEPLOY_STEP, name))), None)
+        endpoint = step_output(record, DEPLOY_STEP, ENDPOINT_OUTPUT)
         reason = None
         if not deployed and not endpoint:
             if metric is None:
@@ -77,6 +75,6 @@ class RunSummary:
             deployed_version=deployed,
             not_deployed_reason=reason,
             deployed_endpoint=endpoint.strip() if endpoint else None,
-            deployed_model_id=(step_output(record, DEPLOY_STEP, "deployed_model_id") or "").strip()
-            or None,
+            deployed_model_id=(step_output(record, DEPLOY_STEP, DEPLOYED_MODEL_OUTPUT) or ""
+                               ).strip() or None,
         )
