@@ -328,6 +328,24 @@ def test_a_failed_job_is_one_line_with_its_message_and_a_retry_starts_anew(
             in capsys.readouterr().out)
 
 
+def test_a_failed_trial_does_not_fail_the_step(stand_in, datasets, run):
+    """maxFailedTrials 0 lets the service decide; the job goes on and the trial keeps why."""
+    settings = {"hyperparameters": {
+        "goal": "MAXIMIZE", "maxTrials": 2, "maxParallelTrials": 2, "algorithm": "GRID_SEARCH",
+        "hyperparameterMetricTag": "accuracy",
+        "params": [{"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [0, 5]}]}}
+
+    outputs = tune.hyperparameter_tuning_job(**tune_inputs(
+        stand_in, datasets, run, hypertune_settings=json.dumps(settings)))
+
+    [found] = step_jobs(stand_in, TUNING_JOBS, run)
+    assert outputs == {"job_id": found["name"]} and found["state"] == "JOB_STATE_SUCCEEDED"
+    trials = {trial["parameters"][0]["value"]: trial for trial in found["trials"]}
+    assert (trials[0]["state"], trials[5]["state"]) == ("INFEASIBLE", "SUCCEEDED")
+    assert "--max_iter=0 must be >= 1" in trials[0]["infeasibleReason"]
+    assert "finalMeasurement" not in trials[0] and "finalMeasurement" in trials[5]
+
+
 def test_a_tuning_job_whose_trials_fail_is_one_line_with_its_message(stand_in, datasets, run):
     settings = {"hyperparameters": {
         "goal": "MAXIMIZE", "maxTrials": 1, "maxParallelTrials": 1, "algorithm": "GRID_SEARCH",
