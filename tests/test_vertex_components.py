@@ -28,6 +28,7 @@ from vertex_api import (
     REGION,
     RUN,
     TRAINER,
+    Recorded,
     conforms,
     job,
     label_filter,
@@ -35,7 +36,6 @@ from vertex_api import (
     step_identity,
     write_datasets,
 )
-from vertex_api import Recorded as Answers
 
 from pipeline import ml_client
 from pipeline.errors import one_line
@@ -383,7 +383,7 @@ def test_a_job_cancelled_or_expired_while_waited_for_is_a_one_line_error(monkeyp
     job's own end."""
     step_identity(monkeypatch, RUN, NODE + "(1)")
     ended = job(CUSTOM_JOB, state, **({"error": error} if error else {}))
-    Answers(monkeypatch, [{}, job(CUSTOM_JOB, "JOB_STATE_QUEUED"), ended])
+    Recorded(monkeypatch, [{}, job(CUSTOM_JOB, "JOB_STATE_QUEUED"), ended])
 
     with pytest.raises(VertexError) as raised:
         train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER, args="[]",
@@ -418,7 +418,7 @@ def test_a_retried_step_finds_its_finished_job_across_pages(monkeypatch):
     (as Vertex AI does below its page size), which the components never set."""
     step_identity(monkeypatch, RUN, NODE + "(1)")
     other = f"{PARENT}/customJobs/1"
-    vertex = Answers(monkeypatch, [
+    vertex = Recorded(monkeypatch, [
         {"customJobs": [job(other, "JOB_STATE_FAILED")], "nextPageToken": "p2"},
         {"customJobs": [job(CUSTOM_JOB, "JOB_STATE_SUCCEEDED")]}])
 
@@ -489,7 +489,7 @@ def test_a_missing_job_is_one_line_with_the_fix(stand_in):
 def test_api_errors_are_one_line_with_a_fix(monkeypatch):
     """Recorded answer: the stand-in has no permissions to deny (HTTP 403)."""
     step_identity(monkeypatch, RUN, NODE)
-    Answers(monkeypatch, [(403, {"error": {
+    Recorded(monkeypatch, [(403, {"error": {
         "code": 403, "status": "PERMISSION_DENIED", "message":
         "Permission 'aiplatform.customJobs.list' denied on resource\n(or it may not exist)."}})])
 

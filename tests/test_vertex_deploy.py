@@ -26,6 +26,7 @@ from vertex_api import (
     REPO,
     RUN,
     SERVING,
+    Recorded,
     conforms,
     fitted_model_bytes,
     label_filter,
@@ -33,7 +34,6 @@ from vertex_api import (
     serve_stand_in,
     step_identity,
 )
-from vertex_api import Recorded as Answers
 
 from pipeline import schema
 from pipeline.trainer import load_trainer
@@ -272,7 +272,7 @@ def endpoint(*deployed: tuple[str, str, str], traffic: dict | None = None) -> di
 def test_operations_still_running_are_polled_to_their_end(monkeypatch, recorded_model_folder):
     """Recorded answers: the stand-in finishes every operation before it answers."""
     step_identity(monkeypatch, RUN, NODE)
-    vertex = Answers(monkeypatch, [
+    vertex = Recorded(monkeypatch, [
         {},
         {},
         operation(f"{PARENT}/models/42/operations/1", False),
@@ -305,7 +305,7 @@ def test_old_deployments_stay_when_the_new_one_does_not_get_the_traffic(
     request asks for; only someone changing the split meanwhile leaves it without traffic."""
     step_identity(monkeypatch, RUN, NODE)
     old = f"{PARENT}/models/41"
-    vertex = Answers(monkeypatch, [
+    vertex = Recorded(monkeypatch, [
         {"endpoints": [endpoint(("800", old, "v01"), traffic={"800": 100})]},
         {},
         operation(f"{PARENT}/models/42/operations/1", True, {"model": MODEL}),
@@ -322,7 +322,7 @@ def test_a_failed_operation_is_a_one_line_error(monkeypatch, recorded_model_fold
     """Recorded answers: the stand-in refuses a bad upload with an HTTP error; only the cloud
     fails an operation after accepting it."""
     step_identity(monkeypatch, RUN, NODE)
-    Answers(monkeypatch, [{}, {}, operation(f"{PARENT}/models/42/operations/1", True, error={
+    Recorded(monkeypatch, [{}, {}, operation(f"{PARENT}/models/42/operations/1", True, error={
         "code": 9, "message": "Model artifact is not\nreadable."})])
 
     with pytest.raises(VertexError) as raised:
@@ -336,7 +336,7 @@ def test_an_operation_answer_without_its_result_is_a_one_line_error(monkeypatch,
                                                                     recorded_model_folder):
     """Recorded answers: the stand-in's finished operations always carry their result."""
     step_identity(monkeypatch, RUN, NODE)
-    Answers(monkeypatch, [{}, {}, operation(f"{PARENT}/models/42/operations/1", True, {})])
+    Recorded(monkeypatch, [{}, {}, operation(f"{PARENT}/models/42/operations/1", True, {})])
 
     with pytest.raises(VertexError) as raised:
         deploy.deploy_model(**deploy_inputs(recorded_model_folder, "covertype_classifier"))
