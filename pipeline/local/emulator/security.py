@@ -32,16 +32,11 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from pipeline.local.emulator.asgi import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN_ENV = "COVERTYPE_TOKEN"
 MIN_TOKEN_LENGTH = 16
