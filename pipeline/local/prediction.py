@@ -108,12 +108,16 @@ def parse_instances(raw: bytes) -> Instances:
         return _instances(orjson.loads(raw), finite=True)
     except (orjson.JSONDecodeError, PredictionError):
         pass
+    return _instances(_read_json(raw))
+
+
+def _read_json(raw: bytes) -> Any:
+    """json's reading of a body, which words the errors."""
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise PredictionError(f"the request body is not valid JSON ({one_line(error)}); send "
                               '{"instances": [...]}') from None
-    return _instances(body)
 
 
 def _instances(body: Any, finite: bool = False) -> Instances:

@@ -8,7 +8,7 @@ bodies, and the same headers in the same order.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -55,11 +55,11 @@ async def read_body(receive: Receive) -> bytes | None:
 
 
 async def send_json(send: Send, status: int, body: bytes,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer with a JSON body: `headers`, then content-length and content-type, as Starlette's
     Response orders them."""
     await send({"type": "http.response.start", "status": status, "headers": [
-        *(headers or ()), (b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]})
+        *headers, (b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]})
     await send({"type": "http.response.body", "body": body})
 
 
