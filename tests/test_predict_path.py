@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from pipeline import schema
 from pipeline.cli.serve import RequestLog
-from pipeline.local import prediction
+from pipeline.local import instances as parsing
 from pipeline.local.emulator.asgi import error_json, read_body, send_json
 from pipeline.local.emulator.predict import (
     ServedModels,
@@ -33,11 +33,10 @@ from pipeline.local.emulator.predict import (
     _predictions_body,
     answer_predict,
 )
+from pipeline.local.instances import PredictionError, parse_instances
 from pipeline.local.prediction import (
     NUMERIC_INPUT,
-    PredictionError,
     build_fast_path,
-    parse_instances,
     verification_rows,
 )
 from pipeline.local.registry import Registry
@@ -60,9 +59,9 @@ def _outcome(parse, raw: bytes) -> tuple:
             [column.ravel().tolist() for column in instances.categorical])
 
 
-def _json_reading(raw: bytes) -> prediction.Instances:
+def _json_reading(raw: bytes) -> parsing.Instances:
     """The parse as it was before orjson: json reads every body."""
-    return prediction._instances(prediction._read_json(raw))
+    return parsing._instances(parsing._read_json(raw))
 
 
 # orjson's reading agrees with json's --------------------------------------------------------

@@ -1,16 +1,17 @@
-"""AI Platform Prediction `:predict` routes over the local registry, and a registry check.
+"""AI Platform Prediction `:predict` routes over the local registry, and the registry check's.
 
-Every request compares the model's registry stamp (one small file read) with the one its
-loaded versions were resolved under, so a new version or a new default is served without a
-restart, and each request is answered by exactly one version, named in `X-Model-Version`
-(`X-Prediction-Path` says onnx or sklearn). Failures are the cloud's predict shape,
-`{"error": "<message>"}` with a 4xx status; a registry folder edited by hand into an
-inconsistent state is reported for the broken model or version only.
+Every request compares the model's registry identity (one os.stat) with the one its loaded
+versions were resolved under, so a new version or a new default is served from the next
+request on, without a restart, and each request is answered by exactly one version, named in
+`X-Model-Version` (`X-Prediction-Path` says onnx or sklearn). Failures are the cloud's predict
+shape, `{"error": "<message>"}` with a 4xx status; a registry folder edited by hand into an
+inconsistent state is reported for the broken model or version only (registry_check.py).
+Requests are read and answered with plain ASGI messages (asgi.py), the hot path of
+`covertype serve`.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 from collections.abc import Callable, Coroutine
@@ -37,17 +38,16 @@ from pipeline.local.emulator.asgi import (
     read_body,
     send_json,
 )
+from pipeline.local.emulator.registry_check import check_registry, explain
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import LOCAL_PROJECT_ID
+from pipeline.local.instances import PredictionError, parse_instances
 from pipeline.local.prediction import (
     ONNX,
-    PredictionError,
     Predictor,
     load_predictor,
-    parse_instances,
-    read_verdict,
 )
-from pipeline.local.registry import ARTIFACT_NAMES, NAME_PATTERN, Registry
+from pipeline.local.registry import NAME_PATTERN, Registry
 from pipeline.local.services import registry
 
 
@@ -60,7 +60,6 @@ class RequestRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1/projects/{project}", route_class=RequestRoute)
-_INTEGER = frozenset({int})  # bool is no integer here
 
 _NUMBER, _STRING = {"type": "number"}, {"type": "string"}
 _FEATURE_TYPES = [_NUMBER if name in schema.NUMERIC_COLUMNS else _STRING
@@ -233,6 +232,9 @@ def _answer_headers(version: str, path: str) -> tuple[tuple[bytes, bytes], ...]:
             (b"x-prediction-path", path.encode("latin-1")))
 
 
+_INTEGER = frozenset({int})  # bool is no integer here
+
+
 def _predictions_body(predictions: list) -> bytes:
     """`{"predictions": [...]}` as json.dumps(..., separators=(",", ":")) writes it: for
     class ids (integers of 64 bits at most) orjson writes the same bytes, 5x faster."""
@@ -279,8 +281,8 @@ async def registry_check(request: Request) -> JSONResponse:
 class PredictShortcut:
     """ASGI wrapper for `covertype serve`: sends each :predict request (ml v1 models and
     versions, aiplatform v1 endpoints) straight to its handler, past FastAPI's router and
-    middleware (about 15% of the CPU of a one-instance request); every other request goes to
-    the app."""
+    middleware, which cost more than the handler's own work; every other request goes to the
+    app. The app's predict routes run the same handlers."""
 
     # The predict routes' paths, as Starlette matches them ({name} is [^/]+).
     PATH = re.compile(r"/v1/projects/(?P<project>[^/]+)/models/(?P<model>[^/]+?)"
@@ -293,8 +295,8 @@ class PredictShortcut:
         self._vertex = vertex_predict
         self._vertex_path = re.compile(vertex_predict.PATH)
         self._routes: dict[str, tuple] = {}  # by POST path: a regex match costs ~0.7 us
-        self._served: Any = None
-        self._served_endpoints: Any = None
+        self._served: ServedModels | None = None
+        self._served_endpoints: Any = None  # vertex_predict.ServedEndpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -320,91 +322,3 @@ class PredictShortcut:
             return (self._vertex.answer_predict, self._served_endpoints, match["project"],
                     match["location"], match["endpoint"])
         return ()
-
-
-# the registry check -------------------------------------------------------------------------
-
-def check_registry(root: Path, only: str | None = None) -> tuple[list[dict], list[dict]]:
-    """(problems, versions): each problem names an entry and its fix; each version says how it
-    is served, from its stored fast path verdict. `only` limits the check to one model."""
-    problems: list[dict] = []
-    versions: list[dict] = []
-
-    def problem(name: str, message: str) -> None:
-        problems.append({"name": name, "problem": message})
-
-    entries = [root / only] if only else sorted(root.iterdir())
-    for folder in entries:
-        if folder.name.startswith(".") or not folder.exists():
-            continue
-        if not NAME_PATTERN.fullmatch(folder.name) or not folder.is_dir():
-            problem(str(folder), "not a model folder (a letter, then letters, digits or "
-                                 "underscores); remove it from the registry")
-            continue
-        name = f"projects/{LOCAL_PROJECT_ID}/models/{folder.name}"
-        version_names = sorted(p.name for p in (folder / "versions").glob("*")
-                               if not p.name.startswith("."))
-        good = [v for v in version_names if _check_version(folder / "versions" / v,
-                                                           f"{name}/versions/{v}", problem)]
-        try:
-            record = json.loads((folder / "model.json").read_text())
-            default = (record.get("defaultVersion") or {}).get("name", "").rsplit("/", 1)[-1]
-        except (OSError, ValueError, AttributeError) as error:
-            problem(name, f"model.json is missing or not a JSON object ({type(error).__name__}); "
-                          "restore it or delete the model folder")
-            continue
-        if default and default not in good:
-            problem(name, f"the default version {default} is missing or broken; call setDefault "
-                          "on a servable version")
-        elif not default and good:
-            problem(name, "no default version; call setDefault on one of its versions")
-        for version in good:
-            verdict = read_verdict(folder / "versions" / version) or {}
-            versions.append({"name": f"{name}/versions/{version}", "isDefault": version == default,
-                             "predictionPath": verdict.get("path", "not loaded yet"),
-                             "detail": verdict.get("reason", "")})
-    return problems, versions
-
-
-def _check_version(folder: Path, name: str, problem: Callable[[str, str], None]) -> bool:
-    """Report what keeps one version folder from being served; True when it is servable."""
-    if not NAME_PATTERN.fullmatch(folder.name) or not folder.is_dir():
-        problem(str(folder), "not a version folder; remove it from the registry")
-        return False
-    try:
-        if not isinstance(json.loads((folder / "version.json").read_text()), dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as error:
-        problem(name, f"version.json is missing or not a JSON object ({type(error).__name__}); "
-                      "delete the version folder and deploy it again")
-        return False
-    artifacts = [artifact for artifact in ARTIFACT_NAMES if (folder / artifact).is_file()]
-    if len(artifacts) != 1:
-        problem(name, f"holds {len(artifacts)} of {' / '.join(ARTIFACT_NAMES)}; expected one: "
-                      "delete the version and deploy it again")
-        return False
-    return True
-
-
-def explain(root: Path, model: str, version: str | None) -> str | None:
-    """The registry problem that stops `model` (its default, or `version`) from being served."""
-    if not NAME_PATTERN.fullmatch(model) or not (root / model).is_dir():
-        return None
-    problems, _ = check_registry(root, only=model)
-    name = f"projects/{LOCAL_PROJECT_ID}/models/{model}"
-    wanted = f"{name}/versions/{version or _default_of(root / model)}"
-    for item in problems:  # the version's own problem first
-        if item["name"] == wanted:
-            return f"{item['name']} cannot be served: {item['problem']}"
-    for item in problems:
-        if item["name"] == name and (version is None or item["problem"].startswith("model.json")):
-            return f"{item['name']} cannot be served: {item['problem']}"
-    return None
-
-
-def _default_of(folder: Path) -> str:
-    try:
-        record = json.loads((folder / "model.json").read_text())
-        return record["defaultVersion"]["name"].rsplit("/", 1)[-1]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return ""

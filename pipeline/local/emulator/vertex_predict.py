@@ -38,12 +38,11 @@ from pipeline.local.emulator.asgi import (
 )
 from pipeline.local.emulator.predict import PREDICT_OPENAPI, RequestRoute
 from pipeline.local.errors import ServiceError
+from pipeline.local.instances import PredictionError, parse_instances
 from pipeline.local.prediction import (
     ONNX,
-    PredictionError,
     Predictor,
     load_predictor,
-    parse_instances,
 )
 from pipeline.local.registry import ARTIFACT_NAMES
 from pipeline.local.services import vertex_endpoints
