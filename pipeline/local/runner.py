@@ -20,8 +20,8 @@ from pipeline.local import records
 from pipeline.local.cache import CacheEntry, StepCache, step_key
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.step_env import step_environment
 from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
-from pipeline.ml_client import EMULATOR_HOST_ENV
 
 # Container entrypoints served by a local module instead of an image.
 LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
@@ -191,10 +191,10 @@ class LocalRunner:
                                    if "valueFrom" not in item
                                    else self._field_ref(item["valueFrom"], scope, template))
                     for item in container.get("env", [])}
-        env = {**os.environ, **{name: localise(value) for name, value in step_env.items()}}
-        env.update({STEP_ROOT_ENV: str(root), EMULATOR_HOST_ENV: self.emulator_url,
-                    "PYTHONUNBUFFERED": "1",
-                    "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
+        env = step_environment(
+            {**os.environ, **{name: localise(value) for name, value in step_env.items()}},
+            self.emulator_url, self.record.parameters)
+        env.update({STEP_ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1"})
         limit = int(template.get("retryStrategy", {}).get("limit", 0) or 0)
         step.log = str((step_dir / "log.txt").relative_to(self.folder))
         step_dir.mkdir(parents=True, exist_ok=True)
