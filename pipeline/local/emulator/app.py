@@ -14,7 +14,7 @@ from pipeline.local.home import local_home
 def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
     from pipeline.local import browser
-    from pipeline.local.emulator import jobs, kfp_api, models, predict
+    from pipeline.local.emulator import gcs_api, jobs, kfp_api, models, predict
 
     app = FastAPI(title="Covertype local AI Platform (ml v1 subset)")
     app.state.home = home or local_home()
@@ -22,6 +22,9 @@ def create_app(home: Path | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
         body = {"error": {"code": error.code, "message": str(error), "status": error.status}}
+        if error.reason:
+            body["error"]["errors"] = [{"message": str(error), "domain": "global",
+                                        "reason": error.reason}]
         return JSONResponse(body, status_code=error.code)
 
     @app.get("/discovery/{api}/{version}", include_in_schema=False)
@@ -43,5 +46,6 @@ def create_app(home: Path | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(kfp_api.router)
+    app.include_router(gcs_api.router)
     app.include_router(browser.router)
     return app
