@@ -14,7 +14,7 @@ from pipeline.local.home import local_home
 def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
     from pipeline.local import browser
-    from pipeline.local.emulator import gcs_api, jobs, kfp_api, models, predict
+    from pipeline.local.emulator import bigquery_api, gcs_api, jobs, kfp_api, models, predict
 
     app = FastAPI(title="Covertype local AI Platform (ml v1 subset)")
     app.state.home = home or local_home()
@@ -47,5 +47,6 @@ def create_app(home: Path | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(kfp_api.router)
     app.include_router(gcs_api.router)
+    app.include_router(bigquery_api.router)
     app.include_router(browser.router)
     return app
