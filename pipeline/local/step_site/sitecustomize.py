@@ -6,7 +6,6 @@ imported, the hook lets it load as usual, then calls `pipeline.local.step_client
 which points it at the local stand-ins. Then it runs the `sitecustomize` this one shadows,
 if there is one, as Python would have.
 """
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
@@ -15,7 +14,7 @@ import sys
 _PATCHED_MODULES = frozenset({"google.auth", "googleapiclient.discovery", "google.cloud.bigquery"})
 
 
-class _PatchingLoader(importlib.abc.Loader):
+class _PatchingLoader:
     """Runs the real loader, then patches the module it made."""
 
     def __init__(self, loader):
@@ -34,7 +33,7 @@ class _PatchingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
+class _PatchAfterImport:
     """Finds the patched modules through the other finders and wraps their loaders."""
 
     def find_spec(self, name, path, target=None):
