@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGE := covertype_training_pipeline.yaml
 DSL := pipeline/covertype_training_pipeline.py
-PIPELINE_NAME ?= covertype_continuous_training
+# PLATFORM=caip (AI Platform, the lab's form; the default) or vertex (Vertex AI) for compile,
+# run-local, upload and run; pipeline/settings.py validates it.
+PIPELINE_NAME ?= covertype_continuous_training$(if $(filter vertex,$(PLATFORM)),_vertex,)
 EXPERIMENT_NAME ?= Covertype_Classifier_Training
 RUN_NAME ?= run-$(shell date +%Y%m%d-%H%M%S)
 ROWS ?= 100000
@@ -42,6 +44,8 @@ RUN_PARAMETERS = $(foreach pair,project_id=RUN_PROJECT_ID gcs_root=GCS_STAGING_P
   $(foreach var,$(lastword $(subst =, ,$(pair))),$(if $($(var)), \
   '$(firstword $(subst =, ,$(pair)))=$(subst ','\'',$($(var)))')))
 
+IMAGE_VARIABLES = $(if $(filter vertex,$(PLATFORM)),BASE_IMAGE$(comma) TRAINER_IMAGE and SERVING_IMAGE,BASE_IMAGE and TRAINER_IMAGE)
+comma := ,
 require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
 .PHONY: help setup compile images upload run run-local serve test lint bench clean
@@ -61,19 +65,18 @@ compile: setup  ## compile the DSL into $(PACKAGE) with dsl-compile
 	@$(BIN)/python -m pipeline.settings
 	$(BIN)/dsl-compile --py $(DSL) --output $(PACKAGE)
 
-images:  ## build and push the base and trainer images with Cloud Build
+images: setup  ## build and push the base, trainer and serving images with Cloud Build
 	$(call require,PROJECT_ID,set PROJECT_ID to your GCP project)
 	@command -v gcloud >/dev/null || { echo "gcloud not found: install the Google Cloud SDK" >&2; exit 2; }
-	@set -e; for image in base_image trainer_image; do \
-	  context=$$(mktemp -d); cp $$image/Dockerfile $$image/requirements.txt $$context/; cp $$image/*.py $$context/ 2>/dev/null || true; mkdir $$context/pipeline; \
-	  cp pipeline/__init__.py pipeline/schema.py pipeline/atomic.py pipeline/errors.py pipeline/ml_client.py $$context/pipeline/; \
+	@set -e; for image in base_image trainer_image serving_image; do \
+	  context=$$(mktemp -d); $(BIN)/python -m pipeline.images stage $$image $$context; \
 	  tag=$${image^^}; tag=$${!tag:-gcr.io/$(PROJECT_ID)/$$image:latest}; \
-	  gcloud builds submit --project $(PROJECT_ID) --timeout 15m --tag $$tag $$context; \
+	  gcloud builds submit --project $(PROJECT_ID) --timeout 30m --tag $$tag $$context; \
 	  rm -r $$context; done
 
 upload: compile  ## upload $(PACKAGE) to KFP as $(PIPELINE_NAME) (again: as a new version of it)
 	$(call require,INVERSE_PROXY_HOSTNAME,set it to your KFP endpoint host (Settings of the KFP instance))
-	@$(if $(LOCAL_ENDPOINT),true,! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE)) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or BASE_IMAGE and TRAINER_IMAGE) and run make upload again" >&2; exit 2; }
+	@$(if $(LOCAL_ENDPOINT),true,! grep -qE 'covertype/[a-z_]+:local' $(PACKAGE)) || { echo "error: $(PACKAGE) names local images; set PROJECT_ID (or $(IMAGE_VARIABLES)) and run make upload again" >&2; exit 2; }
 	$(BIN)/python -m pipeline.kfp_upload --endpoint '$(INVERSE_PROXY_HOSTNAME)' \
 	  --name '$(subst ','\'',$(PIPELINE_NAME))' \
 	  $(if $(PIPELINE_VERSION),--version-name '$(subst ','\'',$(PIPELINE_VERSION))') $(PACKAGE)

@@ -92,7 +92,7 @@ def _prepare(work: Path, mlflow: Path, stack: ExitStack) -> tuple[dict, dict, di
     import pandas as pd
 
     from pipeline.local.data import BUNDLED_CSV
-    from pipeline.local.home import registry_dir
+    from pipeline.local.home import registry_dir, storage_root
     from pipeline.local.registry import Registry
 
     trainer = _trainer()
@@ -100,14 +100,15 @@ def _prepare(work: Path, mlflow: Path, stack: ExitStack) -> tuple[dict, dict, di
         name: str for name in schema.CATEGORICAL_COLUMNS}), str(BUNDLED_CSV))
     train, request_rows = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:]
     model = trainer.build_model().fit(trainer.model_input(train), train[schema.LABEL_COLUMN])
-    (work / "artifact").mkdir()
-    (work / "artifact" / "model.pkl").write_bytes(pickle.dumps(model))
     home = work / "home"
+    artifact = storage_root(home) / "artifact"  # the registry deploys only from the storage
+    artifact.mkdir(parents=True)
+    (artifact / "model.pkl").write_bytes(pickle.dumps(model))
     registry = Registry(registry_dir(home))
     registry.create_model({"name": "covertype"})
-    registry.create_version("covertype", {"name": "v1", "deploymentUri": str(work / "artifact")})
+    registry.create_version("covertype", {"name": "v1", "deploymentUri": str(artifact)})
     subprocess.run([str(mlflow / "bin" / "python"), "-c", _SAVE_MODEL,
-                    str(work / "artifact" / "model.pkl"), str(work / "mlflow-model")],
+                    str(artifact / "model.pkl"), str(work / "mlflow-model")],
                    check=True, capture_output=True)
 
     values = [[*map(int, row[:10]), *row[10:]] for row in

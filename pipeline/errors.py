@@ -12,3 +12,17 @@ def one_line(error: BaseException | str) -> str:
     if text or isinstance(error, str):
         return text
     return type(error).__name__
+
+
+def http_error_message(error: object) -> str:
+    """Google's message in an API error answer (`{"error": {"message": ...}}`, the body of a
+    googleapiclient HttpError), else the raw body or the HTTP reason, on one line."""
+    import json
+
+    content = getattr(error, "content", b"") or b""
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text.strip() or getattr(getattr(error, "resp", None), "reason", "") or ""
+    return one_line(str(message) or "no message")

@@ -1,11 +1,11 @@
 """The pipeline's two lightweight components: pick the best tuning trial, evaluate the model.
 
 The DSL turns each function into a KFP v1 component with `func_to_container_op`, which
-carries only the function's own source: every import and helper lives inside the body,
-and the base image supplies `pipeline.schema` and `pipeline.ml_client`. The annotations are
-the component's interface; kfp 1.8 checks them against what the DSL wires in, so they name
-the KFP types of those arguments (the GCPProjectID parameter, the GCSPath outputs of the
-0.2.5 GCP components). Errors are one line naming the problem and the fix.
+carries only the function's own source: every import lives inside the body, and the base
+image supplies the cloud-path package (`pipeline.schema`, `pipeline.best_run`, ...). The
+annotations are the component's interface; kfp 1.8 checks them against what the DSL wires
+in, so they name the KFP types of those arguments (the GCPProjectID parameter, the GCSPath
+outputs of the GCP components). Errors are one line naming the problem and the fix.
 """
 from typing import NamedTuple
 
@@ -21,116 +21,36 @@ METRICS = "Metrics"
 def retrieve_best_run(
     project_id: GCP_PROJECT_ID, job_id: str
 ) -> NamedTuple("Outputs", [("metric_value", float), ("alpha", float), ("max_iter", int)]):
-    """Return the best trial of a finished hyperparameter tuning job.
+    """Return the best trial of a finished hyperparameter tuning job, on either platform.
 
-    The best trial is chosen by `finalMetric.objectiveValue` and the job's goal (MAXIMIZE
-    unless the job says MINIMIZE), among the trials that succeeded; the order of
-    `trainingOutput.trials` means nothing.
+    `job_id` is the tuning step's output: an AI Platform job id, or a Vertex AI
+    HyperparameterTuningJob resource name (projects/P/locations/R/hyperparameterTuningJobs/N).
+    The best trial is chosen by its final metric (ml v1 `finalMetric.objectiveValue`, Vertex AI
+    `finalMeasurement.metrics[]` of the study's metricId) and the job's goal (MAXIMIZE unless
+    it says MINIMIZE), among the trials that succeeded; the order of the trials means nothing.
+    The logic is `pipeline.best_run`, which the base image carries.
 
     Args:
         project_id: GCP project that ran the tuning job.
-        job_id: the tuning job's id (the train component's `job_id` output).
+        job_id: the tuning job's id or resource name (the tuning step's `job_id` output).
 
     Returns:
-        The best trial's objective value and its `alpha` and `max_iter` hyperparameters.
+        The best trial's metric value and its `alpha` and `max_iter` hyperparameters.
 
     Raises:
         ValueError: the job is unfinished, failed, not a tuning job or has no usable trial.
-        RuntimeError: the AI Platform API could not be reached or answered an error.
+        RuntimeError: the API could not be reached or answered an error.
     """
     import json
-    import math
     from collections import namedtuple
 
-    from googleapiclient.errors import HttpError
+    from pipeline import best_run
 
-    from pipeline import ml_client
-
-    def api_error(error: HttpError) -> str:
-        try:
-            message = json.loads(error.content.decode("utf-8"))["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = error.content.decode("utf-8", "replace").strip() or error.resp.reason
-        fix = {
-            401: "check the pipeline's credentials",
-            403: "check the pipeline's service account may read AI Platform jobs",
-            404: "check project_id and job_id (the tuning step's job_id output)",
-        }.get(error.resp.status, "retry the step")
-        return f"HTTP {error.resp.status} {' '.join(str(message).split())}; {fix}"
-
-    def measured(trial: dict) -> float | None:
-        value = trial.get("finalMetric", {}).get("objectiveValue")
-        if trial.get("state", "SUCCEEDED") != "SUCCEEDED" or not isinstance(value, (int, float)):
-            return None
-        return float(value) if math.isfinite(value) else None
-
-    def hyperparameter(trial: dict, name: str, parse: type) -> float:
-        text = trial.get("hyperparameters", {}).get(name)
-        if text is None:
-            raise ValueError(
-                f"trial {trial.get('trialId')} has no hyperparameter {name!r}; add {name} "
-                "to the tuning job's trainingInput.hyperparameters.params"
-            )
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or (parse is int and not value.is_integer()):
-            raise ValueError(
-                f"trial {trial.get('trialId')} has {name}={text!r}; expected a "
-                f"{'whole number' if parse is int else 'number'}: fix the tuning params"
-            )
-        return parse(value)
-
-    if not project_id or not job_id or "/" in project_id + job_id:
-        raise ValueError(
-            f"project_id={project_id!r} job_id={job_id!r}: both must be non-empty ids without "
-            "'/'; pass the project and the tuning step's job_id output"
-        )
-    name = f"projects/{project_id}/jobs/{job_id}"
-    try:
-        job = ml_client.ml_service().projects().jobs().get(name=name).execute()
-    except HttpError as error:
-        raise RuntimeError(f"getting job {name} failed: {api_error(error)}") from None
-    except OSError as error:
-        raise RuntimeError(
-            f"getting job {name} failed: {error}; check the network or "
-            f"{ml_client.EMULATOR_HOST_ENV}"
-        ) from None
-
-    state = job.get("state", "STATE_UNSPECIFIED")
-    if state != "SUCCEEDED":
-        detail = f" ({' '.join(job['errorMessage'].split())})" if job.get("errorMessage") else ""
-        raise ValueError(
-            f"job {name} is {state}{detail}, not SUCCEEDED; wait for it to finish or fix its "
-            "failure and re-run the tuning step"
-        )
-    spec = job.get("trainingInput", {}).get("hyperparameters")
-    if not spec:
-        raise ValueError(
-            f"job {name} is not a hyperparameter tuning job (no trainingInput.hyperparameters); "
-            "pass the job_id of the tuning step"
-        )
-    goal = spec.get("goal", "GOAL_TYPE_UNSPECIFIED")
-    if goal not in ("GOAL_TYPE_UNSPECIFIED", "MAXIMIZE", "MINIMIZE"):
-        raise ValueError(f"job {name} has goal {goal!r}; expected MAXIMIZE or MINIMIZE")
-    trials = job.get("trainingOutput", {}).get("trials", [])
-    usable = [trial for trial in trials if measured(trial) is not None]
-    if not usable:
-        raise ValueError(
-            f"job {name} has no successful trial with a finalMetric among {len(trials)} trials; "
-            "check that the trainer reports the metric tag with cloudml-hypertune"
-        )
-    pick = min if goal == "MINIMIZE" else max
-    best = pick(usable, key=measured)
-    outputs = namedtuple("Outputs", ["metric_value", "alpha", "max_iter"])(
-        measured(best), hyperparameter(best, "alpha", float), hyperparameter(best, "max_iter", int)
-    )
-    print(
-        f"Best trial of {name} ({'MINIMIZE' if goal == 'MINIMIZE' else 'MAXIMIZE'}, "
-        f"{len(usable)} of {len(trials)} trials usable): {json.dumps(best, sort_keys=True)}"
-    )
-    return outputs
+    best = best_run.retrieve(project_id, job_id)
+    print(f"Best trial of {job_id} ({best.goal}, {best.usable} of {best.total} trials usable): "
+          f"{json.dumps(best.trial, sort_keys=True)}")
+    return namedtuple("Outputs", ["metric_value", "alpha", "max_iter"])(
+        best.metric_value, best.alpha, best.max_iter)
 
 
 def evaluate_model(
@@ -161,24 +81,11 @@ def evaluate_model(
         ValueError: unknown metric, missing or unreadable model, or a bad dataset.
     """
     import json
-    import os
     import pickle
-    import tempfile
     from collections import namedtuple
 
     from pipeline import schema
-
-    def write_atomically(path: str, text: str) -> None:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        try:
-            with os.fdopen(descriptor, "w") as stream:
-                stream.write(text)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+    from pipeline.atomic import write_atomic
 
     if metric_name not in schema.METRIC_NAMES:
         raise ValueError(
@@ -259,7 +166,7 @@ def evaluate_model(
             },
         ]
     }
-    write_atomically(mlpipeline_ui_metadata_path, json.dumps(ui_metadata))
+    write_atomic(mlpipeline_ui_metadata_path, json.dumps(ui_metadata))
     print(f"Evaluated {model_file} on {len(frame)} rows of {dataset_path}: {metrics_json}")
     return namedtuple("Outputs", ["metric_name", "metric_value", "mlpipeline_metrics"])(
         metric_name, values[metric_name], metrics_json

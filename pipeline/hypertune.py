@@ -2,7 +2,9 @@
 
 One definition for every place that reads a user's tuning settings: the run parameter checks
 (`make run`, local runs), the local training service, and the translation to Vertex AI's
-StudySpec. Standard library only, so the cloud path can import it without the local tuner.
+StudySpec; and the pipeline's default settings (HYPERTUNE_SETTINGS), which the DSL and the local
+training limits read. Standard library only, so the cloud path can import it without the local
+tuner.
 """
 from __future__ import annotations
 
@@ -25,6 +27,22 @@ SCALES = ("NONE", LINEAR, LOG, REVERSE_LOG)  # NONE: Google's "no scaling", i.e.
 MAX_GRID_POINTS = 100_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _WHERE = "trainingInput.hyperparameters"
+
+# The pipeline's default `hypertune_settings` (the lab's), an AI Platform TrainingInput.
+HYPERTUNE_SETTINGS: dict = {
+    "hyperparameters": {
+        "goal": "MAXIMIZE",
+        "maxTrials": 6,
+        "maxParallelTrials": 3,
+        "hyperparameterMetricTag": "accuracy",
+        "enableTrialEarlyStopping": True,
+        "params": [
+            {"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [500, 1000]},
+            {"parameterName": "alpha", "type": "DOUBLE", "minValue": 0.0001, "maxValue": 0.001,
+             "scaleType": "UNIT_LINEAR_SCALE"},
+        ],
+    }
+}
 
 Value = int | float | str
 

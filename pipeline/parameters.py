@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from pipeline import schema
 from pipeline.hypertune import HypertuneSpecError, parse_spec
+from pipeline.settings import SettingsError, platform
+from pipeline.vertex.study import tuning_job_fields
 
 _BQ_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _BQ_PROJECT = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]")
@@ -40,8 +42,9 @@ def validate_source_table(value: str) -> None:
              "and underscores, e.g. covertype_dataset.covertype")
 
 
-def validate(params: Mapping[str, str]) -> None:
-    """Raise ParameterError for the first parameter value that cannot work."""
+def validate(params: Mapping[str, str], platform: str = "caip") -> None:
+    """Raise ParameterError for the first parameter value that cannot work on `platform`
+    (caip or vertex: on Vertex AI the tuning settings must also translate to a study)."""
     if "source_table_name" in params:
         validate_source_table(params["source_table_name"])
     if "dataset_id" in params:
@@ -84,11 +87,13 @@ def validate(params: Mapping[str, str]) -> None:
         _require(root.startswith(("gs://", "/")),
                  f"gcs_root {root!r} must start with gs:// or / (an absolute local path)")
     if "hypertune_settings" in params:
-        validate_hypertune_settings(params["hypertune_settings"])
+        validate_hypertune_settings(params["hypertune_settings"], platform)
 
 
-def validate_hypertune_settings(text: str) -> None:
-    """The AI Platform TrainingInput of the tuning step, checked as the service checks it."""
+def validate_hypertune_settings(text: str, platform: str = "caip") -> None:
+    """The AI Platform TrainingInput of the tuning step, checked as the service checks it; for
+    Vertex AI also translated (pipeline.vertex.study), so a setting it has no place for fails
+    here, before the run."""
     try:
         settings = json.loads(text)
     except ValueError as error:
@@ -99,20 +104,30 @@ def validate_hypertune_settings(text: str) -> None:
              "(AI Platform TrainingInput)")
     try:
         parse_spec(settings["hyperparameters"])
+        if platform == "vertex":
+            tuning_job_fields(settings)
     except HypertuneSpecError as error:
-        raise ParameterError(f"hypertune_settings: {error}") from None
+        message = str(error)
+        raise ParameterError(message if message.startswith("hypertune_settings")
+                             else f"hypertune_settings: {message}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.parameters NAME=VALUE ...`: check values before `kfp run submit`."""
+    """`python -m pipeline.parameters NAME=VALUE ...`: check values before `kfp run submit`,
+    for the PLATFORM in the environment."""
     args = sys.argv[1:] if argv is None else argv
+    try:
+        target = platform()  # PLATFORM, as `make run PLATFORM=...` exports it
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         params = {}
         for pair in args:
             name, sep, value = pair.partition("=")
             _require(bool(sep), f"{pair!r} is not NAME=VALUE")
             params[name] = value
-        validate(params)
+        validate(params, target)
     except ParameterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@
 |---|---|
 | BASE_IMAGE | gcr.io/$PROJECT_ID/base_image:latest, or covertype/base_image:local (local only) |
 | TRAINER_IMAGE | gcr.io/$PROJECT_ID/trainer_image:latest, or covertype/trainer_image:local |
+| SERVING_IMAGE | gcr.io/$PROJECT_ID/serving_image:latest, or covertype/serving_image:local |
+| PLATFORM | caip (AI Platform components, the lab's form) or vertex (Vertex AI components) |
 | RUNTIME_VERSION | 2.11 (the last AI Platform Prediction runtime with scikit-learn) |
 | PYTHON_VERSION | 3.7 (the Python of runtime 2.11) |
 | COMPONENT_URL_SEARCH_PREFIX | empty: component specs come from pipeline/components only |
@@ -23,6 +25,7 @@ COMPONENTS_DIR = Path(__file__).resolve().parent / "components"
 # runner never pulls images, and `make upload` refuses a package that names them.
 LOCAL_IMAGE_PREFIX = "covertype/"
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+PLATFORMS = ("caip", "vertex")
 _URL_PREFIX = re.compile(r"^(https?|file)://[^\s]+/$")
 _VERSION = re.compile(r"^\d+\.\d+$")
 
@@ -41,6 +44,8 @@ class Settings:
     python_version: str
     component_url_search_prefix: str
     use_kfp_sa: bool
+    platform: str = "caip"
+    serving_image: str = f"{LOCAL_IMAGE_PREFIX}serving_image:local"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,7 +59,19 @@ class Settings:
             python_version=_version(env, "PYTHON_VERSION", "3.7"),
             component_url_search_prefix=_url_prefix(env),
             use_kfp_sa=_flag(env, "USE_KFP_SA"),
+            platform=platform(env),
+            serving_image=_image(env, "SERVING_IMAGE", project, "serving_image"),
         )
+
+
+def platform(environ: Mapping[str, str] | None = None) -> str:
+    """`PLATFORM`: caip (default) or vertex; raise SettingsError naming the fix otherwise."""
+    env = os.environ if environ is None else environ
+    value = env.get("PLATFORM", "").strip() or PLATFORMS[0]
+    if value not in PLATFORMS:
+        raise SettingsError(f"PLATFORM={env['PLATFORM']!r} is not a platform; set it to caip "
+                            "(AI Platform, the lab's form) or vertex (Vertex AI)")
+    return value
 
 
 def _image(env: Mapping[str, str], name: str, project: str, image: str) -> str:

@@ -26,7 +26,8 @@ def compile_dsl(output: Path, **env: str) -> subprocess.CompletedProcess:
 
     environ = {key: value for key, value in os.environ.items()
                if key not in ("BASE_IMAGE", "TRAINER_IMAGE", "PROJECT_ID", "USE_KFP_SA",
-                              "COMPONENT_URL_SEARCH_PREFIX", "RUNTIME_VERSION", "PYTHON_VERSION")}
+                              "COMPONENT_URL_SEARCH_PREFIX", "RUNTIME_VERSION", "PYTHON_VERSION",
+                              "PLATFORM", "SERVING_IMAGE")}
     environ.update(env)
     dsl_compile = Path(sys.executable).with_name("dsl-compile")
     return subprocess.run([str(dsl_compile), "--py", str(DSL_FILE), "--output", str(output)],
@@ -38,5 +39,14 @@ def compiled_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline compiled once per session with local image names."""
     output = tmp_path_factory.mktemp("package") / "covertype_training_pipeline.yaml"
     result = compile_dsl(output)
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture(scope="session")
+def compiled_vertex_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline compiled once per session for PLATFORM=vertex, with local image names."""
+    output = tmp_path_factory.mktemp("vertex") / "covertype_training_pipeline.yaml"
+    result = compile_dsl(output, PLATFORM="vertex")
     assert result.returncode == 0, result.stderr
     return output

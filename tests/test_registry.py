@@ -26,7 +26,7 @@ from pipeline.local.errors import (
     NotFound,
     ServiceError,
 )
-from pipeline.local.home import registry_dir
+from pipeline.local.home import registry_dir, storage_root
 from pipeline.local.registry import Registry
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 from pipeline.schema import (
@@ -64,12 +64,14 @@ def _fit(rows: pd.DataFrame, alpha: float) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def artifacts(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Model folders: two real fitted pipelines (model.pkl, one also as model.joblib), and
-    broken ones."""
-    root = tmp_path_factory.mktemp("artifacts")
+def artifact_files(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+                   ) -> dict[str, dict[str, bytes]]:
+    """Model folders' contents: two real fitted pipelines (model.pkl, one also as
+    model.joblib), and broken ones."""
     good, other = _fit(rows, 1e-4), _fit(rows, 1e-3)
-    files = {
+    joblib_file = tmp_path_factory.mktemp("joblib") / "model.joblib"
+    joblib.dump(other, joblib_file)
+    return {
         "good": {"model.pkl": pickle.dumps(good)},
         "other": {"model.pkl": pickle.dumps(other)},
         "corrupt": {"model.pkl": b"this is not a pickle"},
@@ -78,16 +80,20 @@ def artifacts(rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> d
         "empty": {},
         "tensorflow": {"saved_model.pb": b"\x08\x01"},
         "both": {"model.pkl": pickle.dumps(good), "model.joblib": b"x"},
+        "joblib": {"model.joblib": joblib_file.read_bytes()},
     }
+
+
+@pytest.fixture
+def artifacts(artifact_files: dict, home: Path) -> dict[str, Path]:
+    """The model folders, in the test home's storage (the registry deploys only from it)."""
+    root = storage_root(home) / "artifacts"
     folders = {}
-    for name, content in files.items():
+    for name, content in artifact_files.items():
         folders[name] = root / name
-        folders[name].mkdir()
+        folders[name].mkdir(parents=True)
         for file_name, data in content.items():
             (folders[name] / file_name).write_bytes(data)
-    folders["joblib"] = root / "joblib"
-    folders["joblib"].mkdir()
-    joblib.dump(other, folders["joblib"] / "model.joblib")
     return folders
 
 
@@ -224,12 +230,17 @@ def test_bad_artifacts_leave_nothing(registry: Registry, artifacts: dict, folder
 @pytest.mark.parametrize(("body", "message"), [
     ({"name": "v1", "deploymentUri": "relative/folder"}, "is relative"),
     ({"name": "v1"}, "deploymentUri is required"),
-    ({"name": "v1", "deploymentUri": "/x", "framework": "TENSORFLOW"}, "is not served locally"),
-    ({"name": "v1", "deploymentUri": "/x", "predictionClass": "a.B"}, "custom prediction code"),
-    ({"name": "v1", "deploymentUri": "/x", "deploymentUrl": "/x"}, "unknown field"),
+    ({"name": "v1", "deploymentUri": "/x"}, "is outside the project's storage"),
+    ({"name": "v1", "deploymentUri": "{storage}/x", "framework": "TENSORFLOW"},
+     "is not served locally"),
+    ({"name": "v1", "deploymentUri": "{storage}/x", "predictionClass": "a.B"},
+     "custom prediction code"),
+    ({"name": "v1", "deploymentUri": "{storage}/x", "deploymentUrl": "/x"}, "unknown field"),
 ])
-def test_bad_version_bodies(registry: Registry, body: dict, message: str) -> None:
+def test_bad_version_bodies(registry: Registry, home: Path, body: dict, message: str) -> None:
     registry.create_model({"name": "m"})
+    if "deploymentUri" in body:
+        body = {**body, "deploymentUri": body["deploymentUri"].format(storage=storage_root(home))}
     with pytest.raises(InvalidArgument, match=message):
         registry.create_version("m", body)
     assert registry.list_versions("m") == []

@@ -30,9 +30,8 @@ from sklearn.neighbors import NearestCentroid
 
 from pipeline import schema
 from pipeline.local.emulator.server import EmulatorServer
-from pipeline.local.home import registry_dir
+from pipeline.local.home import registry_dir, storage_root
 from pipeline.local.prediction import (
-    MAX_BODY_BYTES,
     ONNX_FILE,
     VERDICT_FILE,
     PredictionError,
@@ -49,6 +48,8 @@ COVERTYPE = Path(sys.executable).with_name("covertype")
 FEATURES = list(schema.FEATURE_COLUMNS)
 ORDER = ", ".join(FEATURES)
 PREDICT = "/v1/projects/local/models/{}:predict"
+PAYLOAD_LIMIT = 1_572_864  # AI Platform Prediction's documented request limit (1.5 MB)
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 class ShiftedSGD(SGDClassifier):
@@ -99,17 +100,18 @@ def models(rows: pd.DataFrame) -> dict:
 
 
 @pytest.fixture(scope="module")
-def folders(models: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("artifacts")
-    for name, model in models.items():
-        (root / name).mkdir()
-        (root / name / "model.pkl").write_bytes(pickle.dumps(model))
-    return {name: root / name for name in models}
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
+def folders(models: dict, home: Path) -> dict[str, Path]:
+    """One model folder per model, in the home's storage (the registry deploys only from it)."""
+    root = storage_root(home) / "artifacts"
+    for name, model in models.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "model.pkl").write_bytes(pickle.dumps(model))
+    return {name: root / name for name in models}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def server(home: Path, registry: Registry) -> EmulatorServer:
 
 @pytest.fixture(scope="module")
 def client(server: EmulatorServer) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=JSON_TYPE) as client:
         yield client
 
 
@@ -340,15 +342,16 @@ def test_unknown_resources_and_the_payload_limit(client) -> None:
     for path, status, error in cases:
         response = client.post(path, json=body)
         assert (response.status_code, response.json()) == (status, {"error": error}), path
-    limit = {"error": f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."}
+    limit = {"error": f"Request payload size exceeds the limit: {PAYLOAD_LIMIT} bytes (AI "
+                      "Platform Prediction's payload limit); send a smaller request"}
     exact = json.dumps(body).encode()
-    exact += b" " * (MAX_BODY_BYTES - len(exact))
+    exact += b" " * (PAYLOAD_LIMIT - len(exact))
     assert client.post(PREDICT.format("covertype"), content=exact).status_code == 200
     response = client.post(PREDICT.format("covertype"), content=exact + b" ")
-    assert (response.status_code, response.json()) == (400, limit)
+    assert (response.status_code, response.json()) == (413, limit)
     chunked = client.post(PREDICT.format("covertype"),
-                          content=iter([exact[:MAX_BODY_BYTES // 2]] * 3))
-    assert (chunked.status_code, chunked.json()) == (400, limit)
+                          content=iter([exact[:PAYLOAD_LIMIT // 2]] * 3))
+    assert (chunked.status_code, chunked.json()) == (413, limit)
     assert client.post(PREDICT.format("covertype"), json=body).status_code == 200
 
 
@@ -496,13 +499,13 @@ def _same_answers(url: str, client: httpx.Client) -> None:
     requests = [("POST", PREDICT.format("load"), good),
                 ("POST", "/v1/projects/local/models/load/versions/v1:predict", good),
                 ("POST", PREDICT.format("load"), b"{not json"),
-                ("POST", PREDICT.format("load"), b" " * (MAX_BODY_BYTES + 1)),
+                ("POST", PREDICT.format("load"), b" " * (PAYLOAD_LIMIT + 1)),
                 ("POST", "/v1/projects/local/models/load/versions/v7:predict", good),
                 ("POST", PREDICT.format("absent"), good),
                 ("POST", "/v1/projects/other/models/load:predict", good),
                 ("GET", PREDICT.format("load"), b""),
                 ("GET", "/v1/projects/local/models/load", b"")]
-    with httpx.Client(base_url=url) as served:
+    with httpx.Client(base_url=url, headers=JSON_TYPE) as served:
         for method, path, body in requests:
             ours, app = (http.request(method, path, content=body) for http in (served, client))
             assert (ours.status_code, ours.headers.get("X-Model-Version"), ours.content) == (

@@ -92,6 +92,52 @@ def test_final_fit_saves_a_loadable_model(sample, env, tmp_path):
     assert accuracy > 0.6
     assert not Path(env["CLOUD_ML_HP_METRIC_FILE"]).exists()
 
+def test_on_vertex_the_final_fit_saves_the_model_in_aip_model_dir(sample, env, tmp_path):
+    """Vertex AI passes no --job-dir; it sets AIP_MODEL_DIR (ending in /model/)."""
+    model_dir = tmp_path / "base" / "model"
+    env["AIP_MODEL_DIR"] = f"{model_dir}/"
+    result = run_trainer(
+        ["--training_dataset_path", sample["train"], "--validation_dataset_path",
+         sample["validation"], "--hptune", "False", "--alpha=0.0002", "--max_iter=600"],
+        env, tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in model_dir.iterdir()) == ["model.pkl"]
+    model = pickle.loads((model_dir / "model.pkl").read_bytes())
+    assert model.named_steps["classifier"].get_params()["alpha"] == 0.0002
+    assert f"saved {model_dir}/model.pkl alpha=0.0002 max_iter=600" in result.stdout
+
+def test_aip_model_dir_wins_over_job_dir(sample, env, tmp_path):
+    env["AIP_MODEL_DIR"] = str(tmp_path / "aip")
+    result = run_trainer(
+        ["--job-dir", tmp_path / "job", "--training_dataset_path", sample["train"],
+         "--validation_dataset_path", sample["validation"], "--hptune", "False"],
+        env, tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "aip" / "model.pkl").is_file() and not (tmp_path / "job").exists()
+
+def test_a_vertex_trial_needs_no_model_folder(sample, env, tmp_path):
+    env.pop("AIP_MODEL_DIR", None)
+    result = run_trainer(
+        ["--training_dataset_path", sample["train"], "--validation_dataset_path",
+         sample["validation"], "--hptune", "True", "--alpha=0.0003", "--max_iter=500.0"],
+        env, tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(env["CLOUD_ML_HP_METRIC_FILE"]).is_file()
+
+def test_a_final_fit_without_a_model_folder_is_refused(sample, env, tmp_path):
+    env.pop("AIP_MODEL_DIR", None)
+    result = run_trainer(
+        ["--training_dataset_path", sample["train"], "--validation_dataset_path",
+         sample["validation"], "--hptune", "False"],
+        env, tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr == ("train.py: error: no folder for the model: pass --job-dir or set "
+                             "AIP_MODEL_DIR\n")
+
 def _drop_soil_type(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["Soil_Type"])
 

@@ -21,7 +21,7 @@ from googleapiclient.errors import HttpError
 from pipeline.hypertune import HypertuneSpecError, parse_spec
 from pipeline.local.actions.train import train
 from pipeline.local.emulator.server import EmulatorServer
-from pipeline.local.home import jobs_dir
+from pipeline.local.home import jobs_dir, storage_root
 from pipeline.local.tuning import Tuner, seed_for
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
@@ -50,6 +50,11 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object,
         patch.setenv("COVERTYPE_HOME", str(home))
         patch.setenv(EMULATOR_HOST_ENV, server.url)
         yield ml_service(), home
+
+
+def _jobdir(home: Path) -> Path:
+    """Where the tests' jobs write, in the home's storage (a jobDir must lie there)."""
+    return storage_root(home) / "jobdir"
 
 
 def _job(job_id: str, datasets: tuple[str, str], job_dir: Path, hyperparameters: dict | None,
@@ -108,7 +113,7 @@ def _max_overlap(trials: list[dict]) -> int:
 
 def _run_tuning(ml: object, home: Path, job_id: str, datasets: tuple[str, str],
                 hyperparameters: dict) -> dict:
-    job = _create(ml, _job(job_id, datasets, home / "jobdir" / job_id, hyperparameters))
+    job = _create(ml, _job(job_id, datasets, _jobdir(home) / job_id, hyperparameters))
     assert job["state"] == "QUEUED" and job["jobId"] == job_id
     return _wait(ml, job_id)
 
@@ -170,7 +175,7 @@ def test_random_search_minimize_lists_the_lowest_first(emulator, datasets) -> No
 
 def test_plain_job_runs_the_trainer_once(emulator, datasets) -> None:
     ml, home = emulator
-    job_dir = home / "jobdir" / "plain"
+    job_dir = _jobdir(home) / "plain"
     _create(ml, _job("plain", datasets, job_dir, None, hptune=False))
     job = _wait(ml, "plain")
     assert job["state"] == "SUCCEEDED", job.get("errorMessage")
@@ -211,7 +216,7 @@ def test_job_fails_once_max_failed_trials_is_reached(emulator, datasets) -> None
 
 def test_trials_without_the_metric_fail_the_job(emulator, datasets) -> None:
     ml, home = emulator
-    body = _job("nometric", datasets, home / "jobdir" / "nometric", _hyper(MAX_ITER),
+    body = _job("nometric", datasets, _jobdir(home) / "nometric", _hyper(MAX_ITER),
                 hptune=False)
     _create(ml, body)
     job = _wait(ml, "nometric")
@@ -225,7 +230,7 @@ def test_train_action_end_to_end(emulator, datasets, monkeypatch, capsys) -> Non
     inputs = {
         "project_id": PROJECT,
         "args": json.dumps(_job("x", datasets, home, None)["trainingInput"]["args"]),
-        "job_dir": str(home / "jobdir" / "action"),
+        "job_dir": str(_jobdir(home) / "action"),
         "master_image_uri": IMAGE,
         "training_input": json.dumps(
             {"hyperparameters": _hyper(MAX_ITER, maxTrials=2, maxParallelTrials=2)}),
@@ -246,11 +251,11 @@ def test_train_action_end_to_end(emulator, datasets, monkeypatch, capsys) -> Non
     assert "was submitted before" in capsys.readouterr().out
 
 
-def test_train_action_cancels_its_job_on_sigterm(emulator, datasets, tmp_path) -> None:
+def test_train_action_cancels_its_job_on_sigterm(emulator, datasets) -> None:
     ml, home = emulator
     inputs = {"project_id": PROJECT, "master_image_uri": IMAGE, "job_id_prefix": "sigterm_",
               "args": json.dumps(_job("x", datasets, home, None)["trainingInput"]["args"]),
-              "job_dir": str(tmp_path), "training_input": json.dumps(
+              "job_dir": str(_jobdir(home) / "sigterm"), "training_input": json.dumps(
                   {"hyperparameters": _hyper(MAX_ITER, maxTrials=2)})}
     code = f"from pipeline.local.actions.train import train; train(**{inputs!r})"
     env = {**os.environ, "KFP_POD_NAME": "covertype-run-sigterm"}
@@ -281,7 +286,7 @@ def test_train_action_errors(emulator, datasets, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match=r"failed with state FAILED\. Error: The replica "
                                            r"master exited .* --alpha=-1 must be"):
         train(PROJECT, args=json.dumps([*args, "--alpha=-1"]), master_image_uri=IMAGE,
-              job_dir=str(home / "jobdir" / "action_fail"))
+              job_dir=str(_jobdir(home) / "action_fail"))
 
 
 BAD_HYPERPARAMETERS = [
@@ -306,7 +311,7 @@ BAD_HYPERPARAMETERS = [
 def test_bad_hyperparameters_are_http_400(emulator, datasets, hyperparameters, message) -> None:
     ml, home = emulator
     with pytest.raises(HttpError) as raised:
-        _create(ml, _job("refused", datasets, home / "jobdir" / "refused", hyperparameters))
+        _create(ml, _job("refused", datasets, _jobdir(home) / "refused", hyperparameters))
     error = json.loads(raised.value.content)["error"]
     assert (raised.value.resp.status, error["code"], error["status"]) == (
         400, 400, "INVALID_ARGUMENT")
@@ -335,7 +340,7 @@ def test_bad_jobs_are_http_400(emulator, datasets, change, message) -> None:
 def test_duplicate_get_list_and_cancel(emulator, datasets, monkeypatch) -> None:
     ml, home = emulator
     monkeypatch.setenv("COVERTYPE_TRAINER_COLD", "1")  # a cold trial lasts long enough to cancel
-    body = _job("cancelme", datasets, home / "jobdir" / "cancelme",
+    body = _job("cancelme", datasets, _jobdir(home) / "cancelme",
                 _hyper(MAX_ITER, maxTrials=3))
     _create(ml, body)
     with pytest.raises(HttpError) as raised:
@@ -368,7 +373,7 @@ def test_interrupted_jobs_end_failed(tmp_path, datasets, monkeypatch) -> None:
     with EmulatorServer(home=tmp_path) as server:
         monkeypatch.setenv(EMULATOR_HOST_ENV, server.url)
         ml = ml_service()
-        _create(ml, _job("stopped", datasets, tmp_path / "jobdir", _hyper(MAX_ITER)))
+        _create(ml, _job("stopped", datasets, _jobdir(tmp_path), _hyper(MAX_ITER)))
         while _get(ml, "stopped")["state"] != "RUNNING":
             time.sleep(0.05)
     path = jobs_dir(tmp_path) / "stopped" / "job.json"

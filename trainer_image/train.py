@@ -1,10 +1,12 @@
-"""Covertype trainer: one AI Platform Training trial or the final fit, as a `fire` CLI.
+"""Covertype trainer: one tuning trial or the final fit, as a `fire` CLI.
 
 AI Platform starts this once per tuning trial as `python -u train.py --job-dir DIR
---training_dataset_path P --validation_dataset_path P --hptune True --alpha=A --max_iter=N`,
-so start-up stays light: pandas, scikit-learn and fsspec are imported only once the inputs
-are checked. The model is a plain scikit-learn Pipeline (no custom classes, no lambdas), so
-`pickle.load` works wherever the same scikit-learn is installed and skl2onnx can convert it.
+--training_dataset_path P --validation_dataset_path P --hptune True --alpha=A --max_iter=N`;
+Vertex AI runs the same command line without `--job-dir` and gives the folder for the model
+as `AIP_MODEL_DIR`, which, when set, is where the final fit saves it. Start-up stays light:
+pandas, scikit-learn and fsspec are imported only once the inputs are checked. The model is a
+plain scikit-learn Pipeline (no custom classes, no lambdas), so `pickle.load` works wherever
+the same scikit-learn is installed and skl2onnx can convert it.
 
 Model input contract: a DataFrame with the 10 `schema.NUMERIC_COLUMNS` as numbers (cast to
 float64 by `model_input`) and the 2 `schema.CATEGORICAL_COLUMNS` as strings, in schema order.
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 HPTUNE_METRIC_TAG = "accuracy"
 MODEL_FILENAME = "model.pkl"
 METRIC_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
+MODEL_DIR_ENV = "AIP_MODEL_DIR"  # Vertex AI: the folder the model must be saved in
 DEFAULT_METRIC_FILE = "/tmp/hypertune/output.metrics"
 RANDOM_STATE = 42
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
@@ -140,17 +143,18 @@ def save_model(model: Pipeline, job_dir: str) -> str:
 
 
 def train_evaluate(
-    job_dir: str,
     training_dataset_path: str,
     validation_dataset_path: str,
     alpha: float = 0.0001,
     max_iter: int = 1000,
     hptune: bool = False,
+    job_dir: str = "",
 ) -> None:
     """Run one tuning trial (hptune) or the final fit on train+validation.
 
     Args:
-        job_dir: Local folder or gs:// URI; the final fit writes `model.pkl` there.
+        job_dir: Local folder or gs:// URI; the final fit writes `model.pkl` there, or in
+            `AIP_MODEL_DIR` when that is set (Vertex AI passes no --job-dir).
         training_dataset_path: Training split CSV (local path or gs:// URI).
         validation_dataset_path: Validation split CSV (local path or gs:// URI).
         alpha: SGDClassifier regularisation strength, > 0.
@@ -160,16 +164,19 @@ def train_evaluate(
     Raises:
         ValueError: a bad flag value; schema.SchemaError (a ValueError): a bad dataset.
     """
+    hptune = parse_bool("hptune", hptune)
+    model_dir = os.environ.get(MODEL_DIR_ENV, "").strip() or job_dir
+    if not hptune and model_dir == "":
+        raise ValueError(f"no folder for the model: pass --job-dir or set {MODEL_DIR_ENV}")
     paths, alpha, max_iter = _check_inputs(
         {
-            "job-dir": job_dir,
             "training_dataset_path": training_dataset_path,
             "validation_dataset_path": validation_dataset_path,
+            **({} if hptune else {"job-dir": model_dir}),
         },
         alpha,
         max_iter,
     )
-    hptune = parse_bool("hptune", hptune)
     import pandas as pd
 
     train = schema.read_dataset(paths["training_dataset_path"])

@@ -3,6 +3,8 @@
 One uvicorn worker: a second process would double the model memory, and uvicorn 0.54 with
 `--workers` >= 2 never sets TCP_NODELAY (Kludex/uvicorn#3149), so every keep-alive response
 would wait ~40 ms on a delayed ACK. One line per request is logged (see RequestLog).
+Every request first passes the security layer (pipeline/local/emulator/security.py): Host
+allowlist, token, Origin, Content-Type and body-size rules.
 """
 from __future__ import annotations
 
@@ -28,9 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the local registry's models at /v1/projects/local/models/M:predict "
                     "(and the ml v1 models, versions and jobs routes, the KFP v1beta1 API at "
                     "/apis/v1beta1 for the kfp CLI, and the run browser at /) "
-                    "until Ctrl-C.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+                    "until Ctrl-C. With AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE and "
+                    "AIP_STORAGE_URI set (a Vertex AI custom container), it serves only the "
+                    "model at AIP_STORAGE_URI on those routes, on 0.0.0.0.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1); any other address needs a "
+                            "token")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                       help="also answer requests whose Host is NAME (with the server's port, "
+                            "or PORT); repeatable. Default: 127.0.0.1, localhost, [::1] and "
+                            "the --host address")
+    serve.add_argument("--token", default=None,
+                       help="require 'Authorization: Bearer TOKEN' on every route but /healthz "
+                            "(default: $COVERTYPE_TOKEN; required when --host is not loopback; "
+                            "prefer the variable, a flag shows in ps)")
     serve.add_argument("--rows", default=str(LAB_ROWS),
                        help="bundled rows a run of the KFP API loads as the source table "
                             f"(default {LAB_ROWS}; 'all')")
@@ -104,21 +118,31 @@ def check_address(host: str, port: int) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pipeline.local.emulator.app import create_app
-    from pipeline.local.emulator.predict import PredictShortcut
+    from pipeline.cli import serve_vertex
+
+    container = serve_vertex.ContainerSettings.from_env()
+    if container is not None:  # the serving image on Vertex AI: AIP_* say what to serve
+        return serve_vertex.serve(container)
+    from pipeline.local.emulator.app import create_app, secure
+    from pipeline.local.emulator.security import TOKEN_ENV, AccessPolicy
     from pipeline.local.home import local_home
 
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    policy = AccessPolicy.for_server(args.host, args.allow_host, token)
     check_address(args.host, args.port)
     if args.parallel_runs < 1:
         raise ValueError(f"--parallel-runs {args.parallel_runs} must be 1 or more")
     settings = LaunchSettings(rows=parse_rows(args.rows), parallel=args.parallel_runs)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
+    if warning := policy.exposure_warning():
+        log.warning("WARNING: %s", warning)
     home = local_home()
-    log.info("serving %s on http://%s:%d (predict: POST /v1/projects/local/models/MODEL:predict)",
-             home, args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("serving %s on http://%s:%d%s (predict: POST /v1/projects/local/models/MODEL:predict)",
+             home, host, args.port, ", bearer token required" if policy.token else "")
     app = create_app(home)
     app.state.kfp_settings = settings  # how runs of the KFP API execute
-    uvicorn.run(RequestLog(PredictShortcut(app)), host=args.host, port=args.port,
-                workers=1, access_log=False, log_level="warning")
+    uvicorn.run(RequestLog(secure(app, policy)), host=args.host, port=args.port,
+                workers=1, access_log=False, log_level="warning", proxy_headers=False)
     return 0

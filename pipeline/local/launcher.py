@@ -32,6 +32,8 @@ def _file_outputs() -> dict[tuple[str, str], dict[str, str]]:
     table = {}
     for spec_path in COMPONENTS_DIR.glob("*/*/component.yaml"):
         container = yaml.safe_load(spec_path.read_text())["implementation"]["container"]
+        if "fileOutputs" not in container:  # not a 0.2.5 GCP spec (the Vertex AI ones)
+            continue
         module, action = (arg for arg in container["args"] if isinstance(arg, str)
                           and not arg.startswith("--"))
         table[(module, action)] = container["fileOutputs"]

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1_572_864  # AI Platform Prediction's request payload limit, 1.5 MB
 ONNX_FILE = "model.onnx"
 VERDICT_FILE = "fastpath.json"
 ONNX, SKLEARN = "onnx", "sklearn"

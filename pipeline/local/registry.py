@@ -33,8 +33,9 @@ from pipeline import schema
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pipeline.local.home import LOCAL_PROJECT_ID, registry_dir
+from pipeline.local.home import LOCAL_PROJECT_ID, registry_dir, storage_root
 from pipeline.local.prediction import prepare_fast_path
+from pipeline.local.storage import resolve_in_storage
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 PROJECT_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -140,7 +141,8 @@ class Registry:
         body = _request_fields(body, f"model {model} version", VERSION_FIELDS,
                                VERSION_OUTPUT_ONLY, VERSION_UNSUPPORTED)
         version = _check_name(body.get("name"), "version")
-        uri = _check_deployment_uri(body.get("deploymentUri"), version)
+        storage = storage_root(self.root.parent)
+        uri = _check_deployment_uri(body.get("deploymentUri"), version, storage)
         framework = body.get("framework", FRAMEWORK)
         if framework != FRAMEWORK:
             raise InvalidArgument(f"version {version}: framework {framework!r} is not served "
@@ -156,7 +158,7 @@ class Registry:
         except FileNotFoundError:
             raise NotFound(f"model {model} was deleted meanwhile; create it again") from None
         try:
-            artifact = _copy_artifact(uri, staging)
+            artifact = _copy_artifact(uri, staging, storage)
             _verify_artifact(artifact, uri)
             # The ONNX fast path is made and checked now, before the version is visible.
             prepare_fast_path(artifact, self.root.parent / "cache")
@@ -317,13 +319,12 @@ def _check_project(project: str) -> None:
                               "and hyphens, starting with a letter")
 
 
-def _check_deployment_uri(uri: Any, version: str) -> str:
+def _check_deployment_uri(uri: Any, version: str, storage: Path) -> str:
+    """The deploymentUri as given, refused (nothing read) unless it lies in `storage`."""
     if not isinstance(uri, str) or not uri:
         raise InvalidArgument(f"version {version}: deploymentUri is required; set it to the "
                               "folder holding model.pkl or model.joblib")
-    if "://" not in uri and not os.path.isabs(uri):
-        raise InvalidArgument(f"version {version}: deploymentUri {uri!r} is relative; use a "
-                              "gs:// URI or an absolute local path")
+    resolve_in_storage(uri, f"version {version}: deploymentUri", storage)
     return uri
 
 
@@ -341,12 +342,20 @@ def _request_fields(body: Any, what: str, allowed: frozenset[str], ignored: froz
     return {key: value for key, value in body.items() if key in allowed}
 
 
-def _copy_artifact(uri: str, staging: Path) -> Path:
-    """Copy model.pkl or model.joblib from the deployment folder into `staging`."""
+def _copy_artifact(uri: str, staging: Path, storage: Path) -> Path:
+    """Copy model.pkl or model.joblib from the deployment folder into `staging`.
+
+    The pickle trust boundary, in this one place: models are pickles, and unpickling runs
+    code, so the registry unpickles (to verify, to serve) only files it copied here from the
+    project's own storage, `storage` or the configured storage emulator (resolve_in_storage).
+    The folder and the model file are each resolved, symlinks included, before anything is
+    read; a location outside is refused with nothing read.
+    """
     import fsspec
 
+    location = resolve_in_storage(uri, "deploymentUri", storage)
     try:
-        fs, folder = fsspec.core.url_to_fs(uri)
+        fs, folder = fsspec.core.url_to_fs(location)
         if not fs.isdir(folder):
             raise FailedPrecondition(f"deploymentUri {uri} is not a folder; point it at the folder "
                                      "holding model.pkl or model.joblib")
@@ -363,8 +372,10 @@ def _copy_artifact(uri: str, staging: Path) -> Path:
                                  "at the folder the trainer saved the model in")
     if len(found) > 1:
         raise FailedPrecondition(f"{uri} holds both model.pkl and model.joblib; keep only one")
+    source_uri = resolve_in_storage(f"{location.rstrip('/')}/{found[0]}", "deploymentUri",
+                                    storage)
     target = staging / found[0]
-    with fs.open(f"{folder.rstrip('/')}/{found[0]}", "rb") as source, open(target, "wb") as copy:
+    with fs.open(source_uri, "rb") as source, open(target, "wb") as copy:
         shutil.copyfileobj(source, copy, 1 << 20)
     return target
 

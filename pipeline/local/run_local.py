@@ -14,13 +14,14 @@ from pipeline.atomic import write_atomic
 from pipeline.local import data, records
 from pipeline.local.cache import StepCache
 from pipeline.local.emulator.server import EmulatorServer
+from pipeline.local.errors import InvalidArgument
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
 from pipeline.local.package import load_package
 from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
 from pipeline.local.services import training_service
-from pipeline.local.storage import configure_storage_emulator
+from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
@@ -53,6 +54,8 @@ def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
     """The run's parameter values (local defaults, then the user's), checked before any step."""
     parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
     validate_parameters(parameters)
+    if "gcs_root" in parameters:
+        _check_gcs_root(parameters["gcs_root"], home)
     return parameters
 
 
@@ -86,6 +89,15 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
     return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+
+
+def _check_gcs_root(gcs_root: str, home: Path) -> None:
+    """Refuse, before anything is written, a gcs_root the local services would refuse later:
+    the training jobs' jobDir and the deployed model must lie in the project's storage."""
+    try:
+        resolve_in_storage(gcs_root, "gcs_root", storage_root(home))
+    except InvalidArgument as error:
+        raise ValueError(str(error)) from None
 
 
 def resume_local(run_id: str, on_step: StepCallback | None = None,

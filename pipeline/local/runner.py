@@ -148,6 +148,7 @@ class LocalRunner:
             # A resumed run gets new pod names, so retried cloud jobs get new ids.
             attempt = f"-r{self.record.resumes}" if self.record.resumes else ""
             scope["pod.name"] = f"{self.record.run_id}-{task['name']}{attempt}"
+            scope["node.name"] = f"{self.record.run_id}.{task['name']}{attempt}"
             self._run_container(step, template, scope, artifacts)
         self.on_step(step)
         self._publish(task["name"], step, dag_scope)
@@ -258,7 +259,8 @@ class LocalRunner:
         fields = {"metadata.name": scope["pod.name"], "metadata.uid": scope["pod.name"],
                   "metadata.namespace": "local",
                   "metadata.labels['workflows.argoproj.io/workflow']": self.record.run_id,
-                  "metadata.labels['pipeline/runid']": self.record.run_id}
+                  "metadata.labels['pipeline/runid']": self.record.run_id,
+                  "metadata.annotations['workflows.argoproj.io/node-name']": scope["node.name"]}
         if path.startswith("metadata.labels['"):
             fields.setdefault(path, str(labels.get(path[len("metadata.labels['"):-2], "")))
         if path not in fields:

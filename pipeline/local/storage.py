@@ -1,4 +1,5 @@
-"""GCS in local mode: `gcs_root` is a folder, or gs:// through fsspec/gcsfs.
+"""GCS in local mode: `gcs_root` is a folder, or gs:// through fsspec/gcsfs; and the one check
+that a location a request names lies in the project's own storage.
 
 With `STORAGE_EMULATOR_HOST` set (e.g. gcp-storage-emulator), gcsfs talks to the emulator;
 its gRPC bucket-type probe does not work there (it stalls or warns), so it is turned off.
@@ -6,6 +7,10 @@ its gRPC bucket-type probe does not work there (it stalls or warns), so it is tu
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from pipeline.local.errors import InvalidArgument
+from pipeline.local.home import storage_root
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 GRPC_PROBE_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
@@ -15,3 +20,50 @@ def configure_storage_emulator() -> None:
     """Make gcsfs usable against a storage emulator for this process and its children."""
     if os.environ.get(EMULATOR_ENV):
         os.environ.setdefault(GRPC_PROBE_ENV, "false")
+
+
+def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
+    """Where `uri` really is, provided that is inside the project's own storage.
+
+    The one check behind every location a request names (a version's `deploymentUri`, a
+    training job's `jobDir`, a run's `gcs_root`): a local path must lie, after `..` and every
+    symlink are resolved (os.path.realpath), inside the local storage root; a gs:// URI is
+    accepted only while a storage emulator is configured (`STORAGE_EMULATOR_HOST`), whose
+    buckets are the project's storage. Anything else is refused before anything is read,
+    written or created.
+
+    Args:
+        uri: an absolute local path or a gs:// URI.
+        what: how the message names the value, e.g. "version v1: deploymentUri".
+        root: the local storage root (default: `storage_root()` of the local home).
+
+    Returns:
+        The real local path (symlinks and `..` resolved), or the gs:// URI as given.
+
+    Raises:
+        InvalidArgument: one line naming the allowed root.
+    """
+    root = Path(root) if root is not None else storage_root()
+    emulator = os.environ.get(EMULATOR_ENV, "")
+    allowed = f"a folder under {root} (the local storage root)" + (
+        f" or a gs:// URI of the storage emulator at {emulator}" if emulator else "")
+    if not isinstance(uri, str) or not uri or "\0" in uri:
+        raise InvalidArgument(f"{what} {uri!r} is not a location; use {allowed}")
+    if uri.startswith("gs://"):
+        bucket, _, path = uri[len("gs://"):].partition("/")
+        if not emulator:
+            raise InvalidArgument(f"{what} {uri} is a gs:// URI but no storage emulator is "
+                                  f"configured ({EMULATOR_ENV}); use {allowed}")
+        if not bucket or {".", ".."} & set(path.split("/")):
+            raise InvalidArgument(f"{what} {uri} is not a plain gs://bucket/folder URI (no "
+                                  "'.' or '..' segments); use gs://BUCKET/FOLDER")
+        return uri
+    if "://" in uri or not os.path.isabs(uri):
+        kind = "a URL" if "://" in uri else "relative"
+        raise InvalidArgument(f"{what} {uri!r} is {kind}; use {allowed}")
+    real, real_root = os.path.realpath(uri), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        resolved = "" if real == os.path.normpath(uri) else f" (it resolves to {real})"
+        raise InvalidArgument(f"{what} {uri} is outside the project's storage{resolved}; "
+                              f"use {allowed}")
+    return real

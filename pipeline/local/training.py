@@ -35,10 +35,18 @@ from pipeline import discovery
 from pipeline.atomic import write_atomic
 from pipeline.hypertune import HypertuneSpecError, TuningSpec, parse_spec
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pipeline.local.home import jobs_dir
+from pipeline.local.home import jobs_dir, storage_root
 from pipeline.local.owner import current_owner, owner_alive
+from pipeline.local.storage import resolve_in_storage
 from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
-from pipeline.local.tuning import Suggestion, Tuner, best_first, final_metric, seed_for
+from pipeline.local.tuning import (
+    Suggestion,
+    Tuner,
+    best_first,
+    check_trial_limits,
+    final_metric,
+    seed_for,
+)
 from pipeline.trainer import TRAIN_PY
 
 TRAINER_ENTRYPOINT = (sys.executable, "-u", str(TRAIN_PY))
@@ -48,6 +56,7 @@ INTERRUPTED = "interrupted: the local training service that ran this job stopped
 POLL_SECONDS = 0.05
 COLD_ENV = "COVERTYPE_TRAINER_COLD"
 TAIL_LINES = 20
+JOB_DIR_FLAGS = ("--job-dir", "--job_dir")  # the trainer's output folder: only from jobDir
 logger = logging.getLogger(__name__)
 _LIVE_FOLDERS: set[str] = set()  # jobs being run by a service of this process
 
@@ -86,7 +95,7 @@ class TrainingService:
         Raises:
             InvalidArgument: a bad Job (nothing is written); AlreadyExists: the jobId is taken.
         """
-        job_id, training_input, spec = _validate(body)
+        job_id, training_input, spec = _validate(body, storage_root(self.root.parent))
         folder = self.root / job_id
         with self._lock:
             try:
@@ -200,8 +209,13 @@ class TrainingService:
             logger.warning("job %s: %s", job["jobId"], INTERRUPTED)
 
 
-def _validate(body: Any) -> tuple[str, dict, TuningSpec | None]:
-    """Check a Job body; returns (jobId, trainingInput, tuning spec or None)."""
+def _validate(body: Any, storage: Path) -> tuple[str, dict, TuningSpec | None]:
+    """Check a Job body; returns (jobId, trainingInput, tuning spec or None).
+
+    The trainer writes only where `jobDir` says, which must lie in the project's own storage
+    (`storage`, or the storage emulator's gs://), and a job starts at most as many trials as the
+    machine takes (check_trial_limits).
+    """
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a Job JSON object")
     _check_fields(body, "GoogleCloudMlV1__Job", "job")
@@ -225,13 +239,25 @@ def _validate(body: Any) -> tuple[str, dict, TuningSpec | None]:
     args = training_input.get("args", [])
     if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
         raise InvalidArgument("trainingInput.args must be a list of strings")
-    if not isinstance(training_input.get("jobDir", ""), str):
+    job_dir = training_input.get("jobDir", "")
+    if not isinstance(job_dir, str):
         raise InvalidArgument("trainingInput.jobDir must be a string path or gs:// URI")
+    if not job_dir:
+        raise InvalidArgument("trainingInput.jobDir is required by the local training service, "
+                              f"as the trainer writes there; set it to a folder under {storage}")
+    resolve_in_storage(job_dir, "trainingInput.jobDir", storage)
+    # The trainer gets --job-dir=<jobDir> last, which wins over any earlier spelling (fire
+    # keeps the last value) unless a "-" or "--" separator cuts the command line before it.
+    if bad := [arg for arg in args if arg in ("-", "--") or arg.split("=", 1)[0] in JOB_DIR_FLAGS]:
+        raise InvalidArgument(f"trainingInput.args holds {bad[0]!r}; the trainer's output folder "
+                              "comes from trainingInput.jobDir only: remove it from args")
     hyperparameters = training_input.get("hyperparameters")
     try:
         spec = parse_spec(hyperparameters) if hyperparameters is not None else None
     except HypertuneSpecError as error:
         raise InvalidArgument(str(error)) from None
+    if spec:
+        check_trial_limits(spec)
     return job_id, training_input, spec
 
 
@@ -374,11 +400,12 @@ class _JobRun:
     def _start(self, name: str, env: dict[str, str], flags: Sequence[str] = (),
                suggestion: Suggestion | None = None) -> _Process:
         training_input = self.job["trainingInput"]
-        command = [*self.service.entrypoint, *training_input.get("args", [])]
-        if training_input.get("jobDir"):
-            command.append(f"--job-dir={training_input['jobDir']}")
+        # --job-dir goes last: fire keeps a flag's last value, so neither args nor a trial's
+        # flags can move the trainer's output out of the validated jobDir (see _validate).
+        command = [*self.service.entrypoint, *training_input.get("args", []), *flags,
+                   f"--job-dir={training_input['jobDir']}"]
         env = {**os.environ, "CLOUD_ML_JOB_ID": self.job["jobId"], **env}
-        process = _Process([*command, *flags], env, self.folder / f"{name}.log", suggestion,
+        process = _Process(command, env, self.folder / f"{name}.log", suggestion,
                            self.service.zygote())
         self.processes.append(process)
         return process

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,45 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from pipeline.hypertune import LINEAR, REVERSE_LOG, ParameterSpec, TuningSpec, Value
+from pipeline.hypertune import (
+    HYPERTUNE_SETTINGS,
+    LINEAR,
+    REVERSE_LOG,
+    ParameterSpec,
+    TuningSpec,
+    Value,
+    parse_spec,
+)
+from pipeline.local.errors import InvalidArgument
+
+MAX_TRIALS = 1000
+# Trials are processes on this machine, so a job runs at most one per core at once; but never
+# fewer than the pipeline's own default asks for, so the lab's settings run on any laptop.
+PIPELINE_PARALLEL_TRIALS = parse_spec(HYPERTUNE_SETTINGS["hyperparameters"]).max_parallel_trials
+
+
+def parallel_trial_limit() -> int:
+    """The most trials one local job may run at once: the cores, at least the pipeline default."""
+    return max(os.cpu_count() or 1, PIPELINE_PARALLEL_TRIALS)
+
+
+def check_trial_limits(spec: TuningSpec, where: str = "trainingInput.hyperparameters",
+                       names: tuple[str, str] = ("maxTrials", "maxParallelTrials")) -> None:
+    """Refuse a tuning job that would start more trials, or more at once, than this machine
+    takes; `names` are the API's field names for the two counts.
+
+    Raises:
+        InvalidArgument: one line naming the limit and the fix.
+    """
+    if spec.max_trials > MAX_TRIALS:
+        raise InvalidArgument(f"{where}.{names[0]} is {spec.max_trials}, over the local limit "
+                              f"of {MAX_TRIALS} trials per job; lower {names[0]}")
+    limit = parallel_trial_limit()
+    if spec.max_parallel_trials > limit:
+        raise InvalidArgument(
+            f"{where}.{names[1]} is {spec.max_parallel_trials}, over this machine's limit of "
+            f"{limit} trials at once (one per core, {os.cpu_count()} cores, and never below the "
+            f"pipeline default of {PIPELINE_PARALLEL_TRIALS}); lower {names[1]}")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline import discovery
+from pipeline.local.emulator.security import AccessPolicy, Guard
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import local_home
+
+
+def secure(app: FastAPI, policy: AccessPolicy | None = None) -> Any:
+    """What a server runs: the app behind the :predict shortcut, all behind the security layer
+    (emulator/security.py), so every route, the shortcut's included, passes its rules."""
+    from pipeline.local.emulator.predict import PredictShortcut
+
+    return Guard(PredictShortcut(app), policy)
 
 
 def create_app(home: Path | None = None) -> FastAPI:

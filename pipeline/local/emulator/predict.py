@@ -27,7 +27,6 @@ from pipeline import schema
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import LOCAL_PROJECT_ID
 from pipeline.local.prediction import (
-    MAX_BODY_BYTES,
     ONNX,
     PredictionError,
     Predictor,
@@ -183,31 +182,13 @@ def _served(request: Request) -> ServedModels:
     return state.served
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused before parsing when over the limit (the rest is read and dropped so
-    the client sees the answer, up to a bound)."""
-    length = request.headers.get("content-length", "")
-    too_large = length.isdigit() and int(length) > MAX_BODY_BYTES
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        too_large = too_large or size > MAX_BODY_BYTES
-        if size > 8 * MAX_BODY_BYTES:
-            break
-        if not too_large:
-            chunks.append(chunk)
-    if too_large:
-        raise PredictionError(f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes.")
-    return b"".join(chunks)
-
-
 async def _predict(request: Request, project: str, model: str, version: str | None
                    ) -> Response:
     try:
         if project != LOCAL_PROJECT_ID:
             raise PredictionError(f"project {project} not found; the local server serves "
                                   f"projects/{LOCAL_PROJECT_ID}", 404)
-        raw = await _read_body(request)
+        raw = await request.body()  # bounded by the security layer (1.5 MB)
         predictor = await _served(request).predictor(model, version)
         instances = parse_instances(raw)
         if predictor.path == ONNX:

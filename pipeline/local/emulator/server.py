@@ -1,4 +1,7 @@
-"""Runs the emulator app on 127.0.0.1 in a background thread, as a context manager."""
+"""Runs the emulator app on 127.0.0.1 in a background thread, as a context manager.
+
+The app runs behind the same security layer as `covertype serve` (emulator/security.py).
+"""
 from __future__ import annotations
 
 import socket
@@ -8,18 +11,21 @@ from pathlib import Path
 
 import uvicorn
 
-from pipeline.local.emulator.app import create_app
+from pipeline.local.emulator.app import create_app, secure
+from pipeline.local.emulator.security import AccessPolicy
 
 
 class EmulatorServer:
     """`with EmulatorServer(home) as server:` serves on `server.url` until the block ends."""
 
-    def __init__(self, home: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, home: Path | None = None, host: str = "127.0.0.1", port: int = 0,
+                 policy: AccessPolicy | None = None) -> None:
         self.host = host
+        self.policy = policy or AccessPolicy.for_server(host)
         self.port = port or _free_port(host)
         self.app = create_app(home)
-        config = uvicorn.Config(self.app, host=host, port=self.port, log_level="warning",
-                                access_log=False)
+        config = uvicorn.Config(secure(self.app, self.policy), host=host, port=self.port,
+                                log_level="warning", access_log=False, proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # not the main thread
         self._thread = threading.Thread(target=self._server.run, daemon=True, name="emulator")
