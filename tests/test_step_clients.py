@@ -49,7 +49,8 @@ RESPONSE_SCHEMAS = [
     ("POST", r"/storage/v1/b/[^/]+/o/[^/]+/rewriteTo/b/[^/]+/o/[^/]+", "storage",
      "RewriteResponse"),
     ("POST", r"/upload/storage/v1/b/[^/]+/o", "storage", "Object"),
-    ("PUT", r"/upload/storage/v1/b/[^/]+/o", "storage", "Object"),
+    ("PUT", r"/upload/storage/v1/resumable/[^/]+", "storage", "Object"),
+    ("POST", r"/upload/storage/v1/resumable/[^/]+", "storage", "Object"),
 ]
 
 

@@ -48,3 +48,10 @@ class PreconditionFailed(ServiceError):
 class RangeNotSatisfiable(ServiceError):
     code = 416
     status = "OUT_OF_RANGE"
+
+
+class Unimplemented(ServiceError):
+    """A method of the API that the local stand-in does not serve."""
+
+    code = 501
+    status = "UNIMPLEMENTED"

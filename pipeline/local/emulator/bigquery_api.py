@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.errors import one_line
 from pipeline.local import query_jobs
 from pipeline.local.bigquery import Warehouse, WarehouseError, parse_table_name
-from pipeline.local.errors import InvalidArgument, NotFound
+from pipeline.local.errors import InvalidArgument, NotFound, Unimplemented
 from pipeline.local.home import warehouse_path
 from pipeline.local.query_jobs import QueryJobs, check_project, check_query_request, page
 
@@ -104,6 +104,14 @@ async def list_table_data(project: str, dataset: str, table: str, request: Reque
     else:
         body.pop("pageToken", None)
     return {"kind": "bigquery#tableDataList", "etag": f"{dataset}.{table}", **body}
+
+
+@router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
+async def unimplemented(project: str, rest: str, request: Request) -> dict:
+    """Every other method of the API: 501, named (registered last, so it never shadows)."""
+    raise Unimplemented(f"{request.method} {request.url.path} is not in the local BigQuery "
+                        "REST subset", reason="notImplemented")
 
 
 def _table(request: Request, dataset: str, table: str, start: int = 0,

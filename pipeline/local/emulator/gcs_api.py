@@ -3,7 +3,8 @@
 What google-cloud-storage and gcsfs call, shaped like the real API: buckets list, insert, get,
 delete; objects list (prefix, delimiter, paging, offsets), get (metadata, or the bytes with
 `alt=media` or the `/download/` path, Range honoured), delete, copyTo and rewriteTo; uploads
-`uploadType=media`, `multipart` and `resumable` (chunks by PUT or POST with Content-Range).
+`uploadType=media`, `multipart` and `resumable` (chunks by PUT or POST with Content-Range to
+the session URL the start returns, `/upload/storage/v1/resumable/<id>`).
 Routing is a table of regexes over the raw path, where an object name's `/` is `%2F`; a
 route that is not in it answers 501. Errors are the API's `{"error": {..., "errors":
 [{"reason"}]}}`, made at the app's edge from `ServiceError`.
@@ -23,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.atomic import write_atomic
-from pipeline.local.errors import InvalidArgument, NotFound, ServiceError
+from pipeline.local.errors import InvalidArgument, NotFound, Unimplemented
 from pipeline.local.gcs_store import FolderStorage, Preconditions
 from pipeline.local.home import storage_root
 
@@ -31,11 +32,6 @@ router = APIRouter()
 Handler = Callable[..., Awaitable[Response]]
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{20,64}")
-
-
-class NotImplementedByStandIn(ServiceError):
-    code = 501
-    status = "UNIMPLEMENTED"
 
 
 def storage(request: Request) -> FolderStorage:
@@ -136,10 +132,8 @@ async def copy_object(request: Request, store: FolderStorage, bucket: str, objec
 
 # Uploads ----------------------------------------------------------------------------------
 async def upload(request: Request, store: FolderStorage, bucket: str) -> Response:
-    """objects.insert by media, multipart, or a resumable session (start, chunks, cancel)."""
+    """objects.insert by media or multipart, or the start of a resumable session."""
     query = request.query_params
-    if query.get("upload_id"):
-        return await _resumable_chunk(request, store, bucket, query["upload_id"])
     kind = query.get("uploadType", "")
     preconditions = Preconditions.from_query(query)
     if kind == "media":
@@ -213,13 +207,13 @@ async def _start_session(request: Request, store: FolderStorage, bucket: str,
               "preconditions": preconditions.__dict__}
     await run_in_threadpool(write_atomic, _session_path(store, session, ".json"),
                             json.dumps(record))
-    location = (f"{str(request.base_url).rstrip('/')}/upload/storage/v1/b/{bucket}/o"
-                f"?uploadType=resumable&upload_id={session}")
+    # The session URL is opaque to clients; its own path lets the security layer accept the
+    # chunks' media types there only (emulator/security.py).
+    location = f"{str(request.base_url).rstrip('/')}/upload/storage/v1/resumable/{session}"
     return Response(status_code=200, headers={"Location": location})
 
 
-async def _resumable_chunk(request: Request, store: FolderStorage, bucket: str,
-                           session: str) -> Response:
+async def resumable_chunk(request: Request, store: FolderStorage, session: str) -> Response:
     """Append a chunk; 308 with the received Range until the last byte, then the object."""
     record_path = _session_path(store, session, ".json")
     data_path = _session_path(store, session, ".data")
@@ -227,8 +221,7 @@ async def _resumable_chunk(request: Request, store: FolderStorage, bucket: str,
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         raise NotFound(f"No such upload session: {session}", reason="notFound") from None
-    if record["bucket"] != bucket:
-        raise InvalidArgument("the upload session belongs to another bucket", reason="invalid")
+    bucket = record["bucket"]
     if request.method == "DELETE":
         record_path.unlink(missing_ok=True)
         data_path.unlink(missing_ok=True)
@@ -297,8 +290,9 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(rf"/storage/v1/b/(?P<bucket>{_SEGMENT})"),
      {"GET": get_bucket, "DELETE": delete_bucket}),
     (re.compile(r"/storage/v1/b"), {"GET": list_buckets, "POST": insert_bucket}),
-    (re.compile(rf"/upload/storage/v1/b/(?P<bucket>{_SEGMENT})/o"),
-     {"POST": upload, "PUT": upload, "DELETE": upload}),
+    (re.compile(rf"/upload/storage/v1/b/(?P<bucket>{_SEGMENT})/o"), {"POST": upload}),
+    (re.compile(r"/upload/storage/v1/resumable/(?P<session>[^/]+)"),
+     {"PUT": resumable_chunk, "POST": resumable_chunk, "DELETE": resumable_chunk}),
     (re.compile(rf"/download/storage/v1/b/(?P<bucket>{_SEGMENT})/o/(?P<object>{_SEGMENT})"),
      {"GET": download_object}),
 ]
@@ -318,10 +312,10 @@ async def dispatch(request: Request, rest: str) -> Response:
         if match:
             handler = methods.get(request.method)
             if handler is None:
-                raise NotImplementedByStandIn(
+                raise Unimplemented(
                     f"{request.method} {path} is not in the local Cloud Storage subset",
                     reason="notImplemented")
             groups = {key: unquote(value) for key, value in match.groupdict().items()}
             return await handler(request, storage(request), **groups)
-    raise NotImplementedByStandIn(f"{request.method} {path} is not in the local Cloud Storage "
+    raise Unimplemented(f"{request.method} {path} is not in the local Cloud Storage "
                                   "subset", reason="notImplemented")
