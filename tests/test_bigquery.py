@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import farmhash
@@ -234,10 +235,8 @@ def test_query_action_retry_reuses_its_table(
     for _ in range(2):
         outputs = query_action(split_query((8,)), "local", "splits", "", output, "US", "")
     assert outputs == {"output_gcs_path": output}
-    with Warehouse() as warehouse:
-        tables = warehouse.query(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'splits'"
-        ).column(0).to_pylist()
+    tables = [row[1] for row in snapshot(warehouse_file)
+              if len(row) == 4 and row[0] == "splits"]
     assert len(tables) == 1 and tables[0].startswith("query_")
 
 
@@ -275,6 +274,71 @@ def test_cli_load_and_query(home: Path, sample_csv: Path) -> None:
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr == ("covertype: error: table nope.covertype not found; load it with "
                               "`covertype bq load nope.covertype <csv>`\n")
+
+
+CLI_QUERY = ("SELECT 7 AS n, 'a,b' AS s, 2.5, NULL AS missing, [1, 2] AS arr, "
+             "TIMESTAMP '2020-01-02 03:04:05.678+00' AS t, true AS ok "
+             "UNION ALL SELECT 12, 'c', 1e20, 3, [3], NULL, false")
+
+
+def covertype_bq(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+    covertype = Path(sys.executable).with_name("covertype")
+    return subprocess.run([str(covertype), "bq", *args], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def test_cli_output_formats_are_bq_s(home: Path) -> None:
+    csv_text = covertype_bq("query", "--format=csv", CLI_QUERY).stdout
+    json_text = covertype_bq("query", "--format=json", CLI_QUERY).stdout
+    pretty_json = covertype_bq("query", "--format=prettyjson", CLI_QUERY).stdout
+    pretty = covertype_bq("query", "--format=pretty", CLI_QUERY).stdout
+    assert csv_text.splitlines() == [
+        "n,s,f0_,missing,arr,t,ok",
+        '7,"a,b",2.5,,"[""1"",""2""]",2020-01-02 03:04:05,true',
+        "12,c,1.0E20,3,\"[\"\"3\"\"]\",,false",
+    ]
+    rows = [{"arr": ["1", "2"], "f0_": "2.5", "missing": None, "n": "7", "ok": "true",
+             "s": "a,b", "t": "2020-01-02 03:04:05"},
+            {"arr": ["3"], "f0_": "1.0E20", "missing": "3", "n": "12", "ok": "false", "s": "c",
+             "t": None}]
+    assert json_text == json.dumps(rows, separators=(",", ":")) + "\n"
+    assert json.loads(pretty_json) == rows and pretty_json.startswith("[\n  {\n    \"arr\": [")
+    assert pretty.splitlines()[:4] == [
+        "+----+-----+--------+---------+-----------+---------------------+-------+",
+        "| n  |  s  |  f0_   | missing |    arr    |          t          |  ok   |",
+        "+----+-----+--------+---------+-----------+---------------------+-------+",
+        "|  7 | a,b |    2.5 |    NULL | [\"1\",\"2\"] | 2020-01-02 03:04:05 |  true |",
+    ]
+
+
+def test_cli_names_unnamed_columns_like_bigquery(home: Path) -> None:
+    result = covertype_bq("query", "--format=json", "SELECT 1, 'a', 2 AS two, 3")
+    assert json.loads(result.stdout) == [{"f0_": "1", "f1_": "a", "two": "2", "f2_": "3"}]
+
+
+def test_cli_appends_to_a_redirected_file(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("kept\n")
+    for value in (1, 2):
+        with open(target, "a") as stream:
+            result = covertype_bq("query", f"SELECT {value} AS x", stdout=stream)
+        assert result.returncode == 0, result.stderr
+    assert target.read_text() == "kept\nx\n1\nx\n2\n"
+
+
+@pytest.mark.parametrize(("sql", "message"), [
+    ("SELECT FORMAT('%t', 1)", "not supported by the local BigQuery: FORMAT with %t "
+                               "(see docs/bigquery.md)"),
+    ("SELECT 1 AS a, 2 AS a", "Duplicate column names in the result are not supported. "
+                              "Found duplicate(s): a"),
+    ("SELECT [1, NULL] AS a", "Array cannot have a null element; error in writing field a"),
+    ("SELEC 1", "invalid BigQuery SQL: "),
+])
+def test_cli_errors_are_one_line_with_a_nonzero_status(home: Path, sql: str, message: str) -> None:
+    result = covertype_bq("query", sql)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"covertype: error: {message}")
+    assert result.stderr.count("\n") == 1
 
 
 def _bad_csv(folder: Path, sample_csv: Path, kind: str) -> Path:
@@ -470,3 +534,17 @@ def test_bad_action_inputs_do_not_even_create_the_warehouse(home: Path) -> None:
         with pytest.raises(ValueError):
             query_action(**args)
     assert not (home / "warehouse.duckdb").exists()
+
+
+def test_the_pipeline_s_own_queries_are_verified_forms(warehouse_file: Path) -> None:
+    """The DSL's DDL and split queries and the source-table checks run, none refused, with
+    the documented row JSON and fingerprints (test_farm_fingerprint_documented_examples)."""
+    from pipeline.covertype_training_pipeline import create_dataset_query, split_query
+    from pipeline.local.data import check_source_table
+
+    with Warehouse() as warehouse:
+        warehouse.query(create_dataset_query("local", "splits", "US"))
+        counts = {split: warehouse.query(split_query(SOURCE, lots)).num_rows
+                  for split, lots in schema.SPLIT_LOTS.items()}
+    assert check_source_table(SOURCE) == counts
+    assert 0.38 < counts["training"] / SAMPLE_ROWS < 0.42

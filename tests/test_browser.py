@@ -1,7 +1,9 @@
 """The run browser over real HTTP: runs list, run pages, logs, JSON, 404s, and a real browser.
 
-Run folders are written with the real RunStore; the tuning job record has the local training
-service's layout; the confusion matrix is computed by sklearn on generated labels.
+Run folders are written with the real RunStore; the tuning job records have the layout that
+local homes written before the two-API training core hold (read through its upgrade, so this
+also checks that older homes still show their jobs); the confusion matrix is computed by
+sklearn on generated labels. A Vertex AI run: tests/test_vertex_browser.py.
 """
 from __future__ import annotations
 

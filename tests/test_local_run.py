@@ -15,6 +15,7 @@ from pipeline import schema
 from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.registry import Registry
 from pipeline.local.summary import RunSummary
+from pipeline.local.training import render_job
 
 ROWS = "20000"
 COVERTYPE = str(Path(sys.executable).with_name("covertype"))
@@ -80,8 +81,8 @@ def test_run_record_and_artifacts(deployed):
     metadata = json.loads(Path(record.steps["evaluate-model"].artifacts[
         "mlpipeline-ui-metadata"]).read_text())
     assert {output["type"] for output in metadata["outputs"]} == {"confusion_matrix", "table"}
-    job = json.loads((home / "jobs" / record.steps["tune-hyperparameters"].outputs[
-        "tune-hyperparameters-job_id"] / "job.json").read_text())["job"]
+    job = render_job(json.loads((home / "jobs" / record.steps["tune-hyperparameters"].outputs[
+        "tune-hyperparameters-job_id"] / "job.json").read_text()))
     trials = job["trainingOutput"]["trials"]
     assert len(trials) == 6 and job["state"] == "SUCCEEDED"
     best = max(trials, key=lambda trial: trial["finalMetric"]["objectiveValue"])

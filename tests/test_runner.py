@@ -139,3 +139,12 @@ def test_not_a_workflow(tmp_path):
         Workflow.load(path)
     with pytest.raises(WorkflowError, match="no such pipeline package"):
         Workflow.load(tmp_path / "missing.yaml")
+
+
+def test_steps_reach_both_ml_apis_through_their_switches(tmp_path):
+    step = _container("env", 'mkdir -p /tmp/outputs/v; printf "%s %s" '
+                             '"$AI_PLATFORM_EMULATOR_HOST" "$VERTEX_AI_EMULATOR_HOST" '
+                             "> /tmp/outputs/v/data", outputs=("v",))
+    record = _run(tmp_path, _workflow(tmp_path, [step], [{"name": "env", "template": "env"}]))
+    assert record.status == records.SUCCEEDED, record.message
+    assert record.steps["env"].outputs == {"env-v": "http://127.0.0.1:9 http://127.0.0.1:9"}

@@ -378,12 +378,12 @@ def test_interrupted_jobs_end_failed(tmp_path, datasets, monkeypatch) -> None:
             time.sleep(0.05)
     path = jobs_dir(tmp_path) / "stopped" / "job.json"
     record = json.loads(path.read_text())
-    assert record["job"]["state"] == "FAILED"
-    assert record["job"]["errorMessage"].startswith("interrupted")
-    assert record["job"]["trainingOutput"]["trials"][0]["state"] == "CANCELLED"
+    assert record["state"] == "FAILED"
+    assert record["error"]["message"].startswith("interrupted")
+    assert record["trials"][0]["state"] == "CANCELLED"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    record["job"]["state"] = "RUNNING"
+    record["state"] = "RUNNING"
     record["owner"] = {"pid": int(dead.stdout), "startTicks": None}
     path.write_text(json.dumps(record))
     with EmulatorServer(home=tmp_path) as server:

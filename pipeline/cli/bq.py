@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import duckdb
-
 from pipeline.local.bigquery import Warehouse
+from pipeline.local.bigquery.output import FORMATS, render
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,9 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bq", help="query and load the local BigQuery warehouse")
     commands = parser.add_subparsers(dest="bq_command", required=True)
     query = commands.add_parser(
-        "query", help="run one BigQuery Standard SQL statement; print the rows as CSV"
-    )
+        "query", help="run one BigQuery Standard SQL statement and print its rows like bq "
+                      "(docs/bigquery.md lists what is supported)")
     query.add_argument("sql", help='e.g. "SELECT COUNT(*) FROM `covertype_dataset.covertype`"')
+    query.add_argument("--format", choices=FORMATS, default=None,
+                       help="output format as in bq (default: pretty on a terminal, csv "
+                            "when piped)")
     query.set_defaults(func=_query)
     load = commands.add_parser("load", help="load a CSV with a header into dataset.table")
     load.add_argument("table", help="dataset.table, e.g. covertype_dataset.covertype")
@@ -26,12 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
+    output_format = args.format or ("pretty" if sys.stdout.isatty() else "csv")
     with Warehouse() as warehouse:
         rows = warehouse.query(args.sql)
     if rows.num_columns:
+        # Through Python's stdout, never by path: `>> file` must append, not truncate.
+        sys.stdout.write(render(rows, output_format))
         sys.stdout.flush()
-        # DuckDB's CSV writer quotes only where needed and writes BigQuery's true/false.
-        duckdb.connect().from_arrow(rows).write_csv("/dev/stdout", header=True)
     return 0
 
 

@@ -125,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_vertex.serve(container)
     from pipeline.local.emulator.app import create_app, secure
     from pipeline.local.emulator.security import TOKEN_ENV, AccessPolicy
+    from pipeline.local.emulator.server import KEEP_ALIVE_SECONDS
     from pipeline.local.home import local_home
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
@@ -144,5 +145,6 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(home)
     app.state.kfp_settings = settings  # how runs of the KFP API execute
     uvicorn.run(RequestLog(secure(app, policy)), host=args.host, port=args.port,
-                workers=1, access_log=False, log_level="warning", proxy_headers=False)
+                workers=1, access_log=False, log_level="warning", proxy_headers=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
     return 0

@@ -29,12 +29,12 @@ def storage_root(home: Path | None = None) -> Path:
 
 
 def jobs_dir(home: Path | None = None) -> Path:
-    """Records of local AI Platform Training jobs, one folder per job."""
+    """Records of the local training core's jobs (ml v1 and Vertex AI), one folder per job."""
     return (home or local_home()) / "jobs"
 
 
 def registry_dir(home: Path | None = None) -> Path:
-    """The local AI Platform Prediction model registry."""
+    """The local model registry (ml v1 models and versions, Vertex AI models and endpoints)."""
     return (home or local_home()) / "registry"
 
 

@@ -52,11 +52,14 @@ _CONVERSIONS = (("double", True), ("double", False), ("float", True), ("float", 
 
 
 class PredictionError(Exception):
-    """A predict request that cannot be answered: a one-line message and a 4xx HTTP status."""
+    """A predict request that cannot be answered: a one-line message, a 4xx HTTP status and
+    the Google status name (INVALID_ARGUMENT for bad input, FAILED_PRECONDITION when the model
+    fails, NOT_FOUND) that Vertex AI's error shape carries."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason or ("NOT_FOUND" if status == 404 else "INVALID_ARGUMENT")
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ class Predictor:
             return self._session.run([self._output], feeds)[0].ravel().tolist()
         except Exception as error:  # whatever the model raises on this input
             raise PredictionError(f"Prediction failed: {type(error).__name__}: "
-                                  f"{one_line(error)}") from None
+                                  f"{one_line(error)}", reason="FAILED_PRECONDITION") from None
 
 
 def load_predictor(record: dict, artifact: Path, cache_dir: Path) -> Predictor:
@@ -258,7 +261,8 @@ def _load_model(artifact: Path, what: str) -> Any:
             return pickle.load(stream)
     except Exception as error:  # anything a broken or hand-replaced pickle raises
         raise PredictionError(f"{what} cannot be loaded ({type(error).__name__}: "
-                              f"{one_line(error)}); deploy the model again") from None
+                              f"{one_line(error)}); deploy the model again",
+                              reason="FAILED_PRECONDITION") from None
 
 
 def read_verdict(version_dir: Path) -> dict | None:

@@ -6,11 +6,11 @@ its Job resource (`job.json`) and its result (`result.arrow`, Arrow IPC), so job
 getQueryResults and later pages work after the server restarts. A query the warehouse
 refuses makes a DONE job whose `errorResult` says why in one line, as BigQuery's does.
 Shapes follow `pipeline/discovery/bigquery.v2.json` (int64 as strings, rows as
-`{"f": [{"v": ...}]}`, legacy type names in schemas).
+`{"f": [{"v": ...}]}`, legacy type names in schemas); types and values come from the
+warehouse's one mapping (`bigquery.types`).
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
@@ -25,6 +25,7 @@ import pyarrow as pa
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
 from pipeline.local.bigquery import Warehouse, WarehouseError
+from pipeline.local.bigquery.types import api_value, column_types, struct_fields
 from pipeline.local.errors import AlreadyExists, InvalidArgument, NotFound
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,1024}")
@@ -74,7 +75,6 @@ class QueryJobs:
         }
         try:
             result = self._run(query["query"])
-            column_types(result)  # a type the API cannot return fails the job now
         except WarehouseError as error:
             message = one_line(error)
             failure = {"reason": "invalidQuery", "location": "query", "message": message}
@@ -223,55 +223,3 @@ def _millis() -> str:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-# Until the warehouse reports BigQuery types itself (h-bq's `bigquery.types`): the BigQuery
-# type of each Arrow result column and the API's text of its values.
-_ARROW_KINDS = ((pa.types.is_boolean, "BOOL"), (pa.types.is_integer, "INT64"),
-                (pa.types.is_floating, "FLOAT64"), (pa.types.is_string, "STRING"),
-                (pa.types.is_large_string, "STRING"), (pa.types.is_binary, "BYTES"),
-                (pa.types.is_date, "DATE"), (pa.types.is_time, "TIME"))
-
-
-def column_types(table: pa.Table) -> list[str]:
-    return [_arrow_kind(field.type, field.name) for field in table.schema]
-
-
-def _arrow_kind(kind: pa.DataType, name: str) -> str:
-    if pa.types.is_timestamp(kind):
-        return "TIMESTAMP" if kind.tz else "DATETIME"
-    if pa.types.is_list(kind):
-        return f"ARRAY<{_arrow_kind(kind.value_type, name)}>"
-    if pa.types.is_struct(kind):
-        return "STRUCT<" + ", ".join(f"{field.name} {_arrow_kind(field.type, name)}"
-                                     for field in kind) + ">"
-    for test, bigquery in _ARROW_KINDS:
-        if test(kind):
-            return bigquery
-    raise WarehouseError(f"column {name} has type {kind}, which the local BigQuery REST subset "
-                         "cannot return; cast it to STRING in the query")
-
-
-def struct_fields(kind: str) -> list[tuple[str, str]]:
-    fields, depth, start, body = [], 0, 0, kind[7:-1]
-    for index, char in enumerate(body + ","):
-        depth += {"<": 1, ">": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            name, _, inner = body[start:index].strip().partition(" ")
-            fields.append((name, inner))
-            start = index + 1
-    return fields if body else []
-
-
-def api_value(value: Any, kind: str) -> str:
-    if kind == "BOOL":
-        return "true" if value else "false"
-    if kind == "FLOAT64":
-        return repr(float(value))
-    if kind == "BYTES":
-        return base64.b64encode(value).decode()
-    if kind == "TIMESTAMP":
-        return repr((value - _EPOCH).total_seconds())
-    if kind in ("DATE", "DATETIME", "TIME"):
-        return value.isoformat()
-    return str(value)

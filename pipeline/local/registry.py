@@ -8,6 +8,10 @@ Layout under the root (default `<home>/registry`), shared by every process on th
     <model>/versions/<version>/version.json   the Version (isDefault is derived from model.json)
     <model>/versions/<version>/model.pkl      (or model.joblib) the copied, verified artifact
 
+    .vertex/...                               Vertex AI models, endpoints and operations
+                                              (vertex_registry.py), sharing this lock and
+                                              `stage_artifact`
+
 Readers take no lock: every change becomes visible through one `os.rename`/`os.replace`, and
 a version is staged and verified in `<model>/.staging-*` first, so a kill -9 never leaves a half
 version visible. Names on disk use the project `local`; the registry is one namespace that
@@ -66,6 +70,9 @@ class Registry:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root else registry_dir()
         self.root.mkdir(parents=True, exist_ok=True)
+        # The project's storage beside this registry (the same home): artifacts come only
+        # from there (see _copy_artifact).
+        self.storage = storage_root(self.root.parent)
 
     # projects.models ------------------------------------------------------------------------
 
@@ -84,7 +91,7 @@ class Registry:
         try:
             (staging / "versions").mkdir(parents=True)
             _write_json(staging / "model.json", {**record, "etag": _etag()})
-            with self._locked():
+            with self.locked():
                 if (self.root / model).exists():
                     raise AlreadyExists(f"model {model} already exists; pick another model name "
                                         "or add a version to it")
@@ -117,7 +124,7 @@ class Registry:
     def delete_model(self, model: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Delete a model that has no versions left; return what it was."""
         record = self.get_model(model, project)
-        with self._locked():
+        with self.locked():
             self._read_model(model)
             versions = self._version_ids(model)
             if versions:
@@ -141,8 +148,8 @@ class Registry:
         body = _request_fields(body, f"model {model} version", VERSION_FIELDS,
                                VERSION_OUTPUT_ONLY, VERSION_UNSUPPORTED)
         version = _check_name(body.get("name"), "version")
-        storage = storage_root(self.root.parent)
-        uri = _check_deployment_uri(body.get("deploymentUri"), version, storage)
+        uri = _check_deployment_uri(body.get("deploymentUri"), f"version {version}",
+                                    self.storage)
         framework = body.get("framework", FRAMEWORK)
         if framework != FRAMEWORK:
             raise InvalidArgument(f"version {version}: framework {framework!r} is not served "
@@ -158,12 +165,9 @@ class Registry:
         except FileNotFoundError:
             raise NotFound(f"model {model} was deleted meanwhile; create it again") from None
         try:
-            artifact = _copy_artifact(uri, staging, storage)
-            _verify_artifact(artifact, uri)
-            # The ONNX fast path is made and checked now, before the version is visible.
-            prepare_fast_path(artifact, self.root.parent / "cache")
+            self.stage_artifact(uri, staging)
             _write_json(staging / "version.json", record)
-            with self._locked():
+            with self.locked():
                 model_record = self._read_model(model)
                 if self._version_dir(model, version).exists():
                     raise _version_exists(model, version)
@@ -196,7 +200,7 @@ class Registry:
     def delete_version(self, model: str, version: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Delete a version; the default one only when it is the last (as the cloud does)."""
         record = self.get_version(model, version, project)
-        with self._locked():
+        with self.locked():
             model_record = self._read_model(model)
             self._read_version(model, version, None)
             others = [other for other in self._version_ids(model) if other != version]
@@ -216,7 +220,7 @@ class Registry:
     def set_default(self, model: str, version: str, project: str = LOCAL_PROJECT_ID) -> dict:
         """Make a version the one `models/{model}:predict` serves."""
         _check_project(project)
-        with self._locked():
+        with self.locked():
             model_record = self._read_model(model)
             self._read_version(model, _check_name(version, "version"), None)
             model_record["defaultVersion"] = {"name": _version_name(model, version)}
@@ -253,10 +257,23 @@ class Registry:
         except NotFound:
             return None
 
-    # internals ------------------------------------------------------------------------------
+    # shared by the ml v1 and aiplatform v1 surfaces -----------------------------------------
+
+    def stage_artifact(self, uri: str, staging: Path, field: str = "deploymentUri") -> Path:
+        """Copy the model artifact under `uri` into `staging`, check that it loads, and make and
+        verify its ONNX fast path there, before anything is visible; the copied artifact.
+
+        Raises:
+            FailedPrecondition: no single loadable model.pkl or model.joblib under `uri`.
+        """
+        artifact = _copy_artifact(uri, staging, self.storage, field)
+        _verify_artifact(artifact, uri)
+        prepare_fast_path(artifact, self.root.parent / "cache")
+        return artifact
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the registry's lock (every mutation, of either API surface, takes it)."""
         with open(self.root / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -319,12 +336,14 @@ def _check_project(project: str) -> None:
                               "and hyphens, starting with a letter")
 
 
-def _check_deployment_uri(uri: Any, version: str, storage: Path) -> str:
-    """The deploymentUri as given, refused (nothing read) unless it lies in `storage`."""
+def _check_deployment_uri(uri: Any, what: str, storage: Path,
+                          field: str = "deploymentUri") -> str:
+    """The artifact folder of an ml v1 version (deploymentUri) or a Vertex model (artifactUri),
+    as given; refused (nothing read) unless it lies in `storage` (resolve_in_storage)."""
     if not isinstance(uri, str) or not uri:
-        raise InvalidArgument(f"version {version}: deploymentUri is required; set it to the "
+        raise InvalidArgument(f"{what}: {field} is required; set it to the "
                               "folder holding model.pkl or model.joblib")
-    resolve_in_storage(uri, f"version {version}: deploymentUri", storage)
+    resolve_in_storage(uri, f"{what}: {field}", storage)
     return uri
 
 
@@ -342,38 +361,38 @@ def _request_fields(body: Any, what: str, allowed: frozenset[str], ignored: froz
     return {key: value for key, value in body.items() if key in allowed}
 
 
-def _copy_artifact(uri: str, staging: Path, storage: Path) -> Path:
+def _copy_artifact(uri: str, staging: Path, storage: Path, field: str = "deploymentUri") -> Path:
     """Copy model.pkl or model.joblib from the deployment folder into `staging`.
 
     The pickle trust boundary, in this one place: models are pickles, and unpickling runs
     code, so the registry unpickles (to verify, to serve) only files it copied here from the
     project's own storage, `storage` or the configured storage emulator (resolve_in_storage).
     The folder and the model file are each resolved, symlinks included, before anything is
-    read; a location outside is refused with nothing read.
+    read; a location outside is refused with nothing read. Both API surfaces (ml v1 versions,
+    Vertex AI models) come through here, by `Registry.stage_artifact`.
     """
     import fsspec
 
-    location = resolve_in_storage(uri, "deploymentUri", storage)
+    location = resolve_in_storage(uri, field, storage)
     try:
         fs, folder = fsspec.core.url_to_fs(location)
         if not fs.isdir(folder):
-            raise FailedPrecondition(f"deploymentUri {uri} is not a folder; point it at the folder "
+            raise FailedPrecondition(f"{field} {uri} is not a folder; point it at the folder "
                                      "holding model.pkl or model.joblib")
         names = {path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
     except (OSError, ValueError, ImportError) as error:
-        raise FailedPrecondition(f"cannot list deploymentUri {uri} ({one_line(error)}); check "
+        raise FailedPrecondition(f"cannot list {field} {uri} ({one_line(error)}); check "
                                  "the path and its credentials") from None
     found = [name for name in ARTIFACT_NAMES if name in names]
     if not found and names & set(TENSORFLOW_NAMES):
         raise FailedPrecondition(f"{uri} holds a SavedModel: TensorFlow models are not served "
                                  "locally; deploy a scikit-learn model.pkl or model.joblib")
     if not found:
-        raise FailedPrecondition(f"{uri} holds no model.pkl or model.joblib; point deploymentUri "
+        raise FailedPrecondition(f"{uri} holds no model.pkl or model.joblib; point {field} "
                                  "at the folder the trainer saved the model in")
     if len(found) > 1:
         raise FailedPrecondition(f"{uri} holds both model.pkl and model.joblib; keep only one")
-    source_uri = resolve_in_storage(f"{location.rstrip('/')}/{found[0]}", "deploymentUri",
-                                    storage)
+    source_uri = resolve_in_storage(f"{location.rstrip('/')}/{found[0]}", field, storage)
     target = staging / found[0]
     with fs.open(source_uri, "rb") as source, open(target, "wb") as copy:
         shutil.copyfileobj(source, copy, 1 << 20)

@@ -1,4 +1,5 @@
-"""What a finished run means: best trial, metric against threshold, what was deployed.
+"""What a finished run means: best trial, metric against threshold, what was deployed
+(an AI Platform model version, or a Vertex AI endpoint and deployed model).
 
 Read from the run record's step outputs (the pipeline's own task names), shared by the CLI
 and the run browser.
@@ -12,6 +13,8 @@ from pipeline.local import records
 from pipeline.local.records import RunRecord
 
 BEST_RUN_STEP, EVALUATE_STEP, DEPLOY_STEP = "retrieve-best-run", "evaluate-model", "deploy-model"
+# The Vertex AI deploy step's output naming the endpoint resource, by the names it may carry.
+ENDPOINT_OUTPUTS = ("endpoint_name", "endpoint")
 
 
 def step_output(record: RunRecord, step: str, name: str) -> str | None:
@@ -40,8 +43,10 @@ class RunSummary:
     metric_name: str | None
     metric_value: float | None
     threshold: float | None
-    deployed_version: str | None
+    deployed_version: str | None  # AI Platform: projects/P/models/M/versions/V
     not_deployed_reason: str | None
+    deployed_endpoint: str | None = None  # Vertex AI: projects/P/locations/L/endpoints/E
+    deployed_model_id: str | None = None  # Vertex AI: the DeployedModel's id on that endpoint
 
     @classmethod
     def of(cls, record: RunRecord) -> RunSummary:
@@ -50,8 +55,10 @@ class RunSummary:
         metric = step_output(record, EVALUATE_STEP, "metric_value")
         threshold = record.parameters.get("evaluation_metric_threshold")
         deployed = step_output(record, DEPLOY_STEP, "version_name")
+        endpoint = next((value for name in ENDPOINT_OUTPUTS
+                         if (value := step_output(record, DEPLOY_STEP, name))), None)
         reason = None
-        if not deployed:
+        if not deployed and not endpoint:
             if metric is None:
                 reason = f"the run {record.status.lower()} before evaluation"
                 if record.message:
@@ -69,4 +76,7 @@ class RunSummary:
             threshold=float(threshold) if threshold is not None else None,
             deployed_version=deployed,
             not_deployed_reason=reason,
+            deployed_endpoint=endpoint.strip() if endpoint else None,
+            deployed_model_id=(step_output(record, DEPLOY_STEP, "deployed_model_id") or "").strip()
+            or None,
         )

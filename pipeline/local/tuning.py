@@ -82,14 +82,14 @@ class Suggestion:
 
     def as_strings(self) -> dict[str, str]:
         """The values as the API's `trials[].hyperparameters` map (and the flags) print them."""
-        return {name: _format(value) for name, value in self.values.items()}
+        return {name: format_value(value) for name, value in self.values.items()}
 
     def flags(self) -> list[str]:
         """`--name=value` flags appended to the trial's args."""
         return [f"--{name}={text}" for name, text in self.as_strings().items()]
 
 
-def _format(value: Value) -> str:
+def format_value(value: Value) -> str:
     """Whole numbers print as ints (max_iter=500, not 500.0): trainers parse them as int."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
@@ -177,23 +177,8 @@ def _distribution(param: ParameterSpec, grid: bool) -> Any:
     return FloatDistribution(param.min_value, param.max_value, log=param.scale != LINEAR)
 
 
-def best_first(trials: list[dict], goal: str) -> list[dict]:
-    """Succeeded trials best first by goal (as the service lists them), then the rest by id.
-
-    Clients should still choose by `finalMetric.objectiveValue`: no document promises order.
-    """
-    sign = -1 if goal == "MAXIMIZE" else 1
-
-    def key(trial: dict) -> tuple:
-        if "finalMetric" in trial:
-            return (0, sign * trial["finalMetric"]["objectiveValue"], int(trial["trialId"]))
-        return (1, 0.0, int(trial["trialId"]))
-
-    return sorted(trials, key=key)
-
-
-def final_metric(path: Path, tag: str) -> dict | None:
-    """The last `tag` line of a hypertune metric file as a ml v1 HyperparameterMetric.
+def final_metric(path: Path, tag: str) -> tuple[float, int] | None:
+    """(value, global step) of the last `tag` line of a hypertune metric file, if finite.
 
     cloudml-hypertune writes JSON lines with string values, e.g.
     `{"accuracy": "0.71", "global_step": "500", "timestamp": ..., "trial": "1"}`.
@@ -209,5 +194,5 @@ def final_metric(path: Path, tag: str) -> dict | None:
         except (ValueError, KeyError, TypeError):
             continue
         finite = math.isfinite(value)  # NaN/inf cannot be an objective (nor plain JSON)
-        metric = {"trainingStep": str(step), "objectiveValue": value} if finite else None
+        metric = (value, step) if finite else None
     return metric

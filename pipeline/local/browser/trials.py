@@ -1,24 +1,81 @@
 """The tuning job on the run page: a chart of the objective per trial and the trials table.
 
-Reads an ml v1 Job (`trainingInput.hyperparameters`, `trainingOutput.trials[]`); trials are
-shown by id, since the service's order (best first) is not a documented promise.
+Reads an ml v1 Job (`trainingInput.hyperparameters`, `trainingOutput.trials[]`) or a Vertex AI
+HyperparameterTuningJob (`studySpec`, `trials[]`) into one `TuningJob` view, so both platforms'
+runs show alike; trials are shown by id, since the service's order is not a documented promise.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 from typing import Any
 
+from pipeline.hypertune import DEFAULT_METRIC_TAG
 from pipeline.local.browser.graph import duration_text
 
 BEST_BAR, OTHER_BAR, FAILED_MARK = "#1a73e8", "#aecbfa", "#9aa0a6"
 CHART_W, CHART_H, PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 560, 210, 58, 12, 26, 34
 
 
-def objective(trial: dict) -> float | None:
-    """The trial's finite `finalMetric.objectiveValue`, if it reported one."""
-    value = (trial.get("finalMetric") or {}).get("objectiveValue")
+@dataclass
+class Trial:
+    """One trial as the page shows it."""
+
+    trial_id: str
+    state: str
+    parameters: dict[str, str]
+    objective: float | None = None
+    start: str = ""
+    end: str = ""
+
+
+@dataclass
+class TuningJob:
+    """A tuning job of either platform, as the page shows it."""
+
+    name: str
+    state: str
+    goal: str
+    metric: str
+    error: str = ""
+    trials: list[Trial] = field(default_factory=list)
+
+    @classmethod
+    def from_ml_job(cls, job: dict) -> TuningJob:
+        """The view of an ml v1 Job."""
+        spec = (job.get("trainingInput") or {}).get("hyperparameters") or {}
+        trials = [Trial(str(t.get("trialId", "")), str(t.get("state", "")),
+                        {str(k): str(v) for k, v in (t.get("hyperparameters") or {}).items()},
+                        _finite((t.get("finalMetric") or {}).get("objectiveValue")),
+                        str(t.get("startTime", "")), str(t.get("endTime", "")))
+                  for t in (job.get("trainingOutput") or {}).get("trials") or []]
+        return cls(str(job.get("jobId", "")), str(job.get("state", "")),
+                   str(spec.get("goal") or "MAXIMIZE"),
+                   str(spec.get("hyperparameterMetricTag") or DEFAULT_METRIC_TAG),
+                   str(job.get("errorMessage") or ""), trials)
+
+    @classmethod
+    def from_vertex_job(cls, job: dict) -> TuningJob:
+        """The view of a Vertex AI HyperparameterTuningJob."""
+        metric = ((job.get("studySpec") or {}).get("metrics") or [{}])[0]
+        metric_id = str(metric.get("metricId", ""))
+        trials = []
+        for t in job.get("trials") or []:
+            measured = {m.get("metricId"): m.get("value")
+                        for m in (t.get("finalMeasurement") or {}).get("metrics") or []}
+            trials.append(Trial(str(t.get("id", "")), str(t.get("state", "")),
+                                {str(p.get("parameterId")): str(p.get("value"))
+                                 for p in t.get("parameters") or []},
+                                _finite(measured.get(metric_id)), str(t.get("startTime", "")),
+                                str(t.get("endTime", ""))))
+        return cls(str(job.get("name", "")), str(job.get("state", "")),
+                   str(metric.get("goal") or "MAXIMIZE"), metric_id,
+                   str((job.get("error") or {}).get("message") or ""), trials)
+
+
+def _finite(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -26,42 +83,38 @@ def objective(trial: dict) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def best_trial(trials: list[dict], minimize: bool) -> dict | None:
+def best_trial(trials: list[Trial], minimize: bool) -> Trial | None:
     """The succeeded trial with the best objective for the job's goal."""
-    usable = [t for t in trials if t.get("state", "SUCCEEDED") == "SUCCEEDED"
-              and objective(t) is not None]
+    usable = [t for t in trials if t.state == "SUCCEEDED" and t.objective is not None]
     if not usable:
         return None
-    return (min if minimize else max)(usable, key=objective)
+    return (min if minimize else max)(usable, key=lambda trial: trial.objective)
 
 
-def tuning_section(job: dict | None, note: str) -> str:
+def tuning_section(job: TuningJob | None, note: str) -> str:
     """Heading, goal and best trial, the chart, the table (or why there is nothing)."""
     title = "<h2>Hyperparameter tuning</h2>"
     if job is None:
         return f'{title}<p class="empty" id="no-trials">{escape(note)}</p>'
-    spec = (job.get("trainingInput") or {}).get("hyperparameters") or {}
-    goal = str(spec.get("goal") or "MAXIMIZE")
-    minimize = goal == "MINIMIZE"
-    tag = str(spec.get("hyperparameterMetricTag") or "training/hptuning/metric")
-    trials = sorted((job.get("trainingOutput") or {}).get("trials") or [], key=_trial_order)
+    minimize = job.goal == "MINIMIZE"
+    trials = sorted(job.trials, key=_trial_order)
     best = best_trial(trials, minimize)
-    best_text = (f" \u00b7 best trial {escape(str(best.get('trialId')))}: "
-                 f"<b>{objective(best):.4f}</b>" if best else "")
-    caption = (f'<p class="meta" id="tuning-goal">Job <code>{escape(str(job.get("jobId")))}'
-               f"</code> {escape(str(job.get('state', '')))} \u00b7 goal <b>{escape(goal)}</b> "
-               f"{escape(tag)} ({'lower' if minimize else 'higher'} is better) \u00b7 "
+    best_text = (f" \u00b7 best trial {escape(best.trial_id)}: <b>{best.objective:.4f}</b>"
+                 if best else "")
+    caption = (f'<p class="meta" id="tuning-goal">Job <code>{escape(job.name)}</code> '
+               f"{escape(job.state)} \u00b7 goal <b>{escape(job.goal)}</b> "
+               f"{escape(job.metric)} ({'lower' if minimize else 'higher'} is better) \u00b7 "
                f"{len(trials)} trials{best_text}</p>")
-    if job.get("errorMessage"):
-        caption += f'<div class="message">{escape(str(job["errorMessage"]))}</div>'
+    if job.error:
+        caption += f'<div class="message">{escape(job.error)}</div>'
     if not trials:
         return f'{title}{caption}<p class="empty" id="no-trials">No trials yet.</p>'
-    return title + caption + chart(trials, best, tag, goal) + _table(trials, best)
+    return title + caption + chart(trials, best, job.metric, job.goal) + _table(trials, best)
 
 
-def chart(trials: list[dict], best: dict | None, tag: str, goal: str) -> str:
+def chart(trials: list[Trial], best: Trial | None, tag: str, goal: str) -> str:
     """Bars of the objective per trial on a zoomed axis; the best bar highlighted."""
-    values = [v for t in trials if (v := objective(t)) is not None]
+    values = [t.objective for t in trials if t.objective is not None]
     if not values:
         return '<p class="empty">No trial has reported the metric yet.</p>'
     low, high = min(values), max(values)
@@ -87,12 +140,12 @@ def chart(trials: list[dict], best: dict | None, tag: str, goal: str) -> str:
     bar = min(46.0, slot * 0.62)
     for index, trial in enumerate(trials):
         centre = PAD_LEFT + slot * (index + 0.5)
-        trial_id = escape(str(trial.get("trialId", index + 1)))
-        value = objective(trial)
+        trial_id = escape(trial.trial_id or str(index + 1))
+        value = trial.objective
         if value is None:
             parts.append(f'<text x="{centre:.1f}" y="{base - 6:.1f}" text-anchor="middle" '
                          f'fill="{FAILED_MARK}" class="no-metric">\u00d7 '
-                         f"{escape(str(trial.get('state', '')).lower())}</text>")
+                         f"{escape(trial.state.lower())}</text>")
         else:
             is_best = trial is best
             fill = BEST_BAR if is_best else OTHER_BAR
@@ -110,29 +163,26 @@ def chart(trials: list[dict], best: dict | None, tag: str, goal: str) -> str:
     return "".join(parts)
 
 
-def _table(trials: list[dict], best: dict | None) -> str:
-    names = sorted({name for t in trials for name in (t.get("hyperparameters") or {})})
+def _table(trials: list[Trial], best: Trial | None) -> str:
+    names = sorted({name for t in trials for name in t.parameters})
     head = "".join(f'<th class="num">{escape(name)}</th>' for name in names)
     rows = []
     for trial in trials:
-        hyper = trial.get("hyperparameters") or {}
-        value = objective(trial)
-        cells = "".join(f'<td class="num">{escape(_short(hyper.get(name, "")))}</td>'
+        cells = "".join(f'<td class="num">{escape(_short(trial.parameters.get(name, "")))}</td>'
                         for name in names)
         best_class = ' class="best"' if trial is best else ""
-        rows.append(f'<tr id="trial-{escape(str(trial.get("trialId")))}"{best_class}>'
-                    f'<td>{escape(str(trial.get("trialId", "")))}</td>{cells}'
-                    f'<td class="num">{"" if value is None else f"{value:.4f}"}</td>'
-                    f'<td>{escape(str(trial.get("state", "")))}</td>'
+        value = "" if trial.objective is None else f"{trial.objective:.4f}"
+        rows.append(f'<tr id="trial-{escape(trial.trial_id)}"{best_class}>'
+                    f"<td>{escape(trial.trial_id)}</td>{cells}"
+                    f'<td class="num">{value}</td><td>{escape(trial.state)}</td>'
                     f'<td class="num">{_duration(trial)}</td></tr>')
     return (f'<table id="trials"><thead><tr><th>Trial</th>{head}<th class="num">Objective</th>'
             f'<th>State</th><th class="num">Duration</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
-def _trial_order(trial: dict) -> tuple:
-    trial_id = str(trial.get("trialId", ""))
-    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+def _trial_order(trial: Trial) -> tuple:
+    return (0, int(trial.trial_id), "") if trial.trial_id.isdigit() else (1, 0, trial.trial_id)
 
 
 def _short(value: Any) -> str:
@@ -145,10 +195,10 @@ def _short(value: Any) -> str:
     return text if number.is_integer() or len(text) <= 8 else f"{number:.6g}"
 
 
-def _duration(trial: dict) -> str:
+def _duration(trial: Trial) -> str:
     try:
-        start, end = (datetime.fromisoformat(str(trial[key]).replace("Z", "+00:00"))
-                      for key in ("startTime", "endTime"))
-    except (KeyError, ValueError):
+        start, end = (datetime.fromisoformat(text.replace("Z", "+00:00"))
+                      for text in (trial.start, trial.end))
+    except ValueError:
         return ""
     return duration_text((end - start).total_seconds())

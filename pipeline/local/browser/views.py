@@ -17,7 +17,7 @@ from urllib.parse import quote
 from pipeline.local import records
 from pipeline.local.browser import graph
 from pipeline.local.browser.evaluation import evaluation_section, verdict
-from pipeline.local.browser.trials import tuning_section
+from pipeline.local.browser.trials import TuningJob, tuning_section
 from pipeline.local.records import RunRecord
 from pipeline.local.summary import RunSummary
 
@@ -33,10 +33,12 @@ class RunView:
 
     record: RunRecord
     summary: RunSummary | None
-    job: dict | None = None
+    job: TuningJob | None = None
     job_note: str = ""
     metrics: list[dict] = field(default_factory=list)
     ui_outputs: list[dict] = field(default_factory=list)
+    endpoint: dict | None = None  # the Vertex AI Endpoint the run deployed to, as it is now
+    endpoint_note: str = ""
 
 
 def e(value: Any) -> str:
@@ -100,8 +102,8 @@ def _run_row(record: RunRecord, summary: RunSummary | None) -> str:
     metric = deployed = '<span class="empty">\u2014</span>'
     if summary and summary.metric_value is not None:
         metric = f"{e(summary.metric_name or 'metric')} {summary.metric_value:.4f}"
-    if summary and summary.deployed_version:
-        deployed = f"<code>{e(summary.deployed_version)}</code>"
+    if summary and (summary.deployed_version or summary.deployed_endpoint):
+        deployed = f"<code>{e(summary.deployed_version or summary.deployed_endpoint)}</code>"
     elif summary and record.status != records.RUNNING:
         deployed = f'no <span class="empty">({e(summary.not_deployed_reason)})</span>'
     link = f"/runs/{quote(record.run_id)}"
@@ -149,6 +151,8 @@ def _cards(view: RunView) -> str:
     if summary and summary.deployed_version:
         deployment = (f'<div class="big">Deployed</div><div id="deployed-version">'
                       f"<code>{e(summary.deployed_version)}</code></div>")
+    elif summary and summary.deployed_endpoint:
+        deployment = _endpoint_card(view, summary.deployed_endpoint, summary.deployed_model_id)
     elif record.status == records.RUNNING:
         deployment = '<div class="big">Not yet</div><div>the run is still running</div>'
     elif summary:
@@ -157,6 +161,22 @@ def _cards(view: RunView) -> str:
     return (f'<div class="cards"><div class="card" id="card-best"><h2>Best trial</h2>{best}</div>'
             f'<div class="card" id="card-evaluation"><h2>Evaluation</h2>{evaluation}</div>'
             f'<div class="card" id="card-deployment"><h2>Deployment</h2>{deployment}</div></div>')
+
+
+def _endpoint_card(view: RunView, endpoint: str, deployed_id: str | None) -> str:
+    """A Vertex AI deployment: the endpoint, the deployed model, its share of the traffic."""
+    card = (f'<div class="big">Deployed</div><div id="deployed-endpoint">endpoint '
+            f"<code>{e(endpoint)}</code></div>")
+    deployed = next((item for item in (view.endpoint or {}).get("deployedModels", [])
+                     if item.get("id") == deployed_id), None)
+    if deployed is None:
+        why = view.endpoint_note or f"deployed model {deployed_id} is no longer on it"
+        return card + f'<div id="deployed-model" class="empty">{e(why)}</div>'
+    share = (view.endpoint or {}).get("trafficSplit", {}).get(deployed_id, 0)
+    return card + (f'<div id="deployed-model">deployed model <code>{e(deployed_id)}</code> '
+                   f"({e(deployed.get('displayName', ''))}, model "
+                   f"<code>{e(deployed.get('model', ''))}</code>) \u00b7 {e(share)}% of the "
+                   f"traffic</div>")
 
 
 def _steps_table(record: RunRecord) -> str:

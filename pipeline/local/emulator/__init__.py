@@ -1,1 +1,2 @@
-"""A local emulator of the AI Platform (ml v1) REST API: training jobs, models, prediction."""
+"""A local emulator of Google's ML REST APIs: AI Platform (ml v1) and Vertex AI (aiplatform v1)
+subsets for training jobs, models, endpoints and prediction."""

@@ -1,4 +1,5 @@
-"""Builds the emulator's FastAPI app: one router per ml v1 resource, errors shaped at the edge."""
+"""Builds the emulator's FastAPI app: one router per ml v1 and aiplatform v1 resource family,
+errors shaped at the edge."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,8 @@ from pipeline.local.emulator.security import AccessPolicy, Guard
 from pipeline.local.errors import ServiceError
 from pipeline.local.home import local_home
 
+SERVED_APIS = (("ml", "v1"), ("aiplatform", "v1"))
+
 
 def secure(app: FastAPI, policy: AccessPolicy | None = None) -> Any:
     """What a server runs: the app behind the :predict shortcut, all behind the security layer
@@ -24,9 +27,21 @@ def secure(app: FastAPI, policy: AccessPolicy | None = None) -> Any:
 def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
     from pipeline.local import browser
-    from pipeline.local.emulator import bigquery_api, gcs_api, jobs, kfp_api, models, predict
+    from pipeline.local.emulator import (
+        bigquery_api,
+        gcs_api,
+        jobs,
+        kfp_api,
+        models,
+        predict,
+        vertex_endpoints,
+        vertex_jobs,
+        vertex_models,
+        vertex_predict,
+    )
 
-    app = FastAPI(title="Covertype local AI Platform (ml v1 subset)")
+    app = FastAPI(title="Covertype local AI Platform (ml v1) and Vertex AI (aiplatform v1) "
+                        "subsets")
     app.state.home = home or local_home()
 
     @app.exception_handler(ServiceError)
@@ -39,11 +54,12 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     @app.get("/discovery/{api}/{version}", include_in_schema=False)
     def discovery_route(api: str, version: str, request: Request) -> JSONResponse:
-        """The real ml v1 discovery document, its rootUrl pointed at this server."""
-        if (api, version) != ("ml", "v1"):
-            return JSONResponse({"error": {"code": 404, "message": f"no API {api} {version}",
+        """The real ml v1 or aiplatform v1 discovery document, its rootUrl pointed here."""
+        if (api, version) not in SERVED_APIS:
+            return JSONResponse({"error": {"code": 404, "message": f"no API {api} {version}; "
+                                           "this server has ml v1 and aiplatform v1",
                                            "status": "NOT_FOUND"}}, status_code=404)
-        document = dict(discovery.document("ml", "v1"))
+        document = dict(discovery.document(api, version))
         document["rootUrl"] = document["baseUrl"] = str(request.base_url)
         return JSONResponse(document)
 
@@ -53,8 +69,12 @@ def create_app(home: Path | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(predict.router)  # first: predict is the hot path
+    app.include_router(vertex_predict.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(vertex_jobs.router)
+    app.include_router(vertex_models.router)
+    app.include_router(vertex_endpoints.router)
     app.include_router(kfp_api.router)
     app.include_router(gcs_api.router)
     app.include_router(bigquery_api.router)

@@ -6,12 +6,10 @@ interrupted, and their trial processes are killed).
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.local.emulator.bodies import json_body
 from pipeline.local.errors import InvalidArgument
 from pipeline.local.services import training_service
 
@@ -21,7 +19,7 @@ router = APIRouter()
 @router.post("/v1/projects/{project}/jobs")
 async def create_job(project: str, request: Request) -> dict:
     """projects.jobs.create: validate, record QUEUED and start the job."""
-    body = await _json_body(request)
+    body = await json_body(request)
     return await run_in_threadpool(training_service(request.app).create_job, project, body)
 
 
@@ -48,10 +46,3 @@ async def get_job(project: str, job: str, request: Request) -> dict:
 async def cancel_job(project: str, job: str, request: Request) -> dict:
     """projects.jobs.cancel: returns Empty; the job turns CANCELLING, then CANCELLED."""
     return await run_in_threadpool(training_service(request.app).cancel_job, project, job)
-
-
-async def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body() or b"{}")
-    except ValueError as error:
-        raise InvalidArgument(f"the request body is not valid JSON ({error})") from None

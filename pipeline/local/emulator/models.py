@@ -7,7 +7,6 @@ an Operation that is already `done`.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.local.emulator.bodies import json_body
 from pipeline.local.errors import InvalidArgument
 from pipeline.local.services import registry
 
@@ -32,14 +32,7 @@ async def _call(request: Request, method: str, *args: Any, **kwargs: Any) -> Any
 
 
 async def _body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise InvalidArgument(f"the request body is not JSON ({error}); send a JSON object"
-                              ) from None
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return body

@@ -38,7 +38,7 @@ from pipeline.local.registry import ARTIFACT_NAMES, NAME_PATTERN, Registry
 from pipeline.local.services import registry
 
 
-class _RequestRoute(APIRoute):
+class RequestRoute(APIRoute):
     """A route whose endpoint gets the raw Request: FastAPI documents the operation (OpenAPI)
     but validates no parameters and no body, work that costs more than an ONNX prediction."""
 
@@ -46,7 +46,7 @@ class _RequestRoute(APIRoute):
         return self.endpoint
 
 
-router = APIRouter(prefix="/v1/projects/{project}", route_class=_RequestRoute)
+router = APIRouter(prefix="/v1/projects/{project}", route_class=RequestRoute)
 
 _NUMBER, _STRING = {"type": "number"}, {"type": "string"}
 _FEATURE_TYPES = [_NUMBER if name in schema.NUMERIC_COLUMNS else _STRING
@@ -203,7 +203,7 @@ async def _predict(request: Request, project: str, model: str, version: str | No
                              "X-Prediction-Path": predictor.path})
 
 
-# Path parameters are documented here and read from the path (see _RequestRoute).
+# Path parameters are documented here and read from the path (see RequestRoute).
 @router.post("/models/{model}/versions/{version}:predict",
              openapi_extra={**PREDICT_OPENAPI, "parameters": _path_parameters("version")})
 async def predict_version(request: Request) -> Response:
@@ -233,26 +233,36 @@ async def registry_check(request: Request) -> JSONResponse:
 
 
 class PredictShortcut:
-    """ASGI wrapper for `covertype serve`: sends each :predict request straight to the handler
-    above, past FastAPI's router and middleware (about 15% of the CPU of a one-instance
-    request); every other request goes to the app."""
+    """ASGI wrapper for `covertype serve`: sends each :predict request (ml v1 models and
+    versions, aiplatform v1 endpoints) straight to its handler, past FastAPI's router and
+    middleware (about 15% of the CPU of a one-instance request); every other request goes to
+    the app."""
 
-    # The two predict routes' paths, as Starlette matches them ({name} is [^/]+).
+    # The predict routes' paths, as Starlette matches them ({name} is [^/]+).
     PATH = re.compile(r"/v1/projects/(?P<project>[^/]+)/models/(?P<model>[^/]+?)"
                       r"(?:/versions/(?P<version>[^/]+))?:predict")
 
     def __init__(self, app: FastAPI) -> None:
+        from pipeline.local.emulator import vertex_predict
+
         self.app = app
+        self._vertex = vertex_predict
+        self._vertex_path = re.compile(vertex_predict.PATH)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        match = (scope["type"] == "http" and scope["method"] == "POST"
-                 and self.PATH.fullmatch(scope["path"]))
-        if not match:
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        if post and (match := self.PATH.fullmatch(scope["path"])):
+            scope["app"] = self.app
+            response = await _predict(Request(scope, receive, send), match["project"],
+                                      match["model"], match["version"])
+        elif post and (match := self._vertex_path.fullmatch(scope["path"])):
+            scope["app"] = self.app
+            response = await self._vertex.predict(Request(scope, receive, send),
+                                                  match["project"], match["location"],
+                                                  match["endpoint"])
+        else:
             await self.app(scope, receive, send)
             return
-        scope["app"] = self.app
-        response = await _predict(Request(scope, receive, send), match["project"],
-                                  match["model"], match["version"])
         await response(scope, receive, send)
 
 

@@ -14,6 +14,8 @@ import uvicorn
 from pipeline.local.emulator.app import create_app, secure
 from pipeline.local.emulator.security import AccessPolicy
 
+KEEP_ALIVE_SECONDS = 600
+
 
 class EmulatorServer:
     """`with EmulatorServer(home) as server:` serves on `server.url` until the block ends."""
@@ -24,8 +26,12 @@ class EmulatorServer:
         self.policy = policy or AccessPolicy.for_server(host)
         self.port = port or _free_port(host)
         self.app = create_app(home)
+        # Google's front ends keep an idle connection for minutes; Google's clients (httplib2)
+        # do not retry a request whose connection the server closed meanwhile, so a client
+        # polling a job or an operation every 30 s needs more than uvicorn's 5 s default.
         config = uvicorn.Config(secure(self.app, self.policy), host=host, port=self.port,
-                                log_level="warning", access_log=False, proxy_headers=False)
+                                log_level="warning", access_log=False, proxy_headers=False,
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # not the main thread
         self._thread = threading.Thread(target=self._server.run, daemon=True, name="emulator")

@@ -1,0 +1,271 @@
+"""The local training core: jobs and tuning trials as local processes, behind any API surface.
+
+API-neutral: the ml v1 surface (`training.py`, projects.jobs) and the aiplatform v1 surface
+(`vertex_training.py`, customJobs and hyperparameterTuningJobs) validate their own request,
+describe it as a `JobTask`, submit it here and render their own resource from the record.
+The engine owns the job's life (`training_run.py`): states, processes forked from a preloaded
+trainer zygote, trials proposed by the tuner, metric reading, cancel, and recovery of jobs
+whose owning process died.
+
+Each job lives in `jobs_dir(home)/<id>/`: `job.json` (rewritten atomically on every change),
+one log per process (`master.log`, `trial-<n>.log`), per-trial metric files
+(`trial-<n>.metrics`, the CLOUD_ML_HP_METRIC_FILE of that trial) and `events.jsonl` (one line
+per job state change and trial start/end; the same lines go to this module's logger and to an
+optional callback). The record (`job.json`):
+
+    {"api", "kind", "project", "location", "id", "owner", "request": <the API body>,
+     "state": QUEUED|PREPARING|RUNNING|SUCCEEDED|FAILED|CANCELLING|CANCELLED,
+     "createTime", "startTime", "endTime", "updateTime", "error": {"code", "message"},
+     "hours": process hours, "outputDir", "tuning": bool,
+     "trials": [{"id", "values", "state": RUNNING|SUCCEEDED|FAILED|CANCELLED, "startTime",
+                 "endTime", "metric": {"value", "step"}}],
+     "trialDetails": {trialId or "master": {"logFile", "exitCode", "error", "logTail"}}}
+
+`error.code` is a google.rpc.Code (1 cancelled, 3 the program failed, 10 interrupted, 13 an
+internal error). `trialDetails` is local-only: log file, exit code, and for a failed or
+cancelled trial its reason and log tail.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import write_atomic
+from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pipeline.local.home import jobs_dir, storage_root
+from pipeline.local.owner import current_owner, owner_alive
+from pipeline.local.storage import resolve_in_storage
+from pipeline.local.trainer_zygote import TrainerZygote
+from pipeline.local.training_run import (
+    ABORTED,
+    INTERRUPTED,
+    PROGRAM_FAILED,
+    TERMINAL_STATES,
+    TRAINER_PROGRAM,
+    JobRun,
+    JobTask,
+    die_with_parent,
+    now,
+    save,
+)
+
+JOB_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,127}")
+COLD_ENV = "COVERTYPE_TRAINER_COLD"
+OUTPUT_SCHEMES = ("gs://", "file://")
+
+logger = logging.getLogger(__name__)
+_LIVE_FOLDERS: set[str] = set()  # jobs being run by an engine of this process
+
+
+def check_output_dir(uri: str, field: str, storage: Path) -> str:
+    """The folder a job writes to (ml v1 jobDir, Vertex baseOutputDirectory.outputUriPrefix):
+    one check for both API surfaces; "" when unset.
+
+    The trainer writes only there, so it must lie in the project's own storage (`storage`, or
+    the storage emulator's gs://, see resolve_in_storage); nothing is created before.
+
+    Raises:
+        InvalidArgument: a URI the trainer cannot or may not write to.
+    """
+    if "://" in uri and not uri.startswith(OUTPUT_SCHEMES):
+        raise InvalidArgument(f"{field} {uri!r} is neither a gs:// URI nor a local path; "
+                              "point it at the bucket or folder for the job's output")
+    if uri:
+        resolve_in_storage(uri, field, storage)
+    return uri
+
+
+class TrainingEngine:
+    """Runs submitted jobs in background threads; one instance per server app.
+
+    Args:
+        home: The local home folder; jobs go to `jobs_dir(home)`.
+        on_event: Called with each event dict (job state change, trial start/end).
+    """
+
+    def __init__(self, home: Path, on_event: Callable[[dict], None] | None = None) -> None:
+        self.root = jobs_dir(home)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage = storage_root(home)  # where jobs may write (check_output_dir)
+        self.on_event = on_event
+        self.closing = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._zygotes: dict[str, TrainerZygote] = {}
+        self._zygote_lock = threading.Lock()
+        self._zygote_failed = False
+        self._recover()
+
+    def submit(self, key: str, identity: dict[str, str], request: dict, task: JobTask) -> dict:
+        """Record a job QUEUED under `key` and start running it; returns the record.
+
+        Args:
+            key: the job's id (its folder name).
+            identity: api, kind, project and location of the surface that owns it.
+            request: the validated API body, kept for rendering.
+            task: what to run.
+
+        Raises:
+            AlreadyExists: `key` is taken (nothing is written).
+        """
+        folder = self.root / key
+        with self._lock:
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                raise AlreadyExists(f"job {key!r} already exists; choose another jobId") from None
+            created = now()
+            record = {**identity, "id": key, "owner": current_owner(), "request": request,
+                      "state": "QUEUED", "createTime": created, "updateTime": created,
+                      "outputDir": task.output_dir, "tuning": task.tuning is not None,
+                      "trials": [], "trialDetails": {}}
+            save(folder, record)
+            _LIVE_FOLDERS.add(str(folder))
+            run = JobRun(self, folder, record, task)
+            thread = threading.Thread(target=run.run, name=f"training-{key}", daemon=True)
+            self._threads[key] = thread
+            response = json.loads(json.dumps(record))  # the runner changes `record` from now on
+        thread.start()
+        return response
+
+    def record(self, key: str) -> dict:
+        """The stored record of job `key`.
+
+        Raises:
+            NotFound: no such job (the message is the surface's to write; this one is plain).
+        """
+        path = self.root / key / "job.json"
+        if not JOB_KEY.fullmatch(key) or not path.exists():
+            raise NotFound(f"job {key} not found")
+        return _read_json(path)
+
+    def records(self) -> list[dict]:
+        """Every job's record, in no particular order."""
+        found = []
+        for path in self.root.glob("*/job.json"):
+            try:
+                found.append(_read_json(path))
+            except (OSError, ValueError):  # a job folder being created or removed
+                continue
+        return found
+
+    def cancel(self, key: str, reason: str) -> None:
+        """Ask the job's runner (in any process) to stop; it kills running trials within ~0.1 s.
+
+        Raises:
+            NotFound: no such job; FailedPrecondition: the job has already ended.
+        """
+        state = self.record(key)["state"]
+        if state in TERMINAL_STATES:
+            raise FailedPrecondition(f"job {key!r} is already {state}; nothing to cancel")
+        write_atomic(self.root / key / "cancel", reason)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every job this engine runs (FAILED, interrupted) and wait for the runners."""
+        self.closing.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        with self._zygote_lock:
+            for zygote in self._zygotes.values():
+                zygote.close()
+
+    def zygote(self, program: tuple[str, ...] = TRAINER_PROGRAM) -> TrainerZygote | None:
+        """The preloaded zygote of a `python -u <script.py>` program (started on first use,
+        restarted if it died), or None: run a cold interpreter per process."""
+        if (os.environ.get(COLD_ENV) == "1" or len(program) != 3
+                or program[:2] != (sys.executable, "-u") or not program[2].endswith(".py")):
+            return None
+        with self._zygote_lock:
+            if self._zygote_failed or self.closing.is_set():
+                return None
+            zygote = self._zygotes.get(program[2])
+            if zygote is None or not zygote.alive:
+                try:
+                    zygote = self._zygotes[program[2]] = TrainerZygote(program[2],
+                                                                      die_with_parent)
+                except OSError as error:
+                    logger.warning("trainer zygote unavailable, trials start cold: %s", error)
+                    self._zygote_failed = True
+                    return None
+            return zygote
+
+    def emit(self, key: str, event: str, **fields: Any) -> None:
+        """Record an event in the job's events.jsonl, the logger and the callback."""
+        entry = {"time": now(), "jobId": key, "event": event, **fields}
+        with open(self.root / key / "events.jsonl", "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(entry) + "\n")
+        details = " ".join(f"{name}={value}" for name, value in fields.items())
+        logger.info("job %s: %s %s", key, event, details)
+        if self.on_event:
+            self.on_event(entry)
+
+    def finished(self, folder: Path) -> None:
+        """Called by a runner when its job has ended."""
+        _LIVE_FOLDERS.discard(str(folder))
+
+    def _recover(self) -> None:
+        """Mark FAILED the unfinished jobs whose runner (a dead process) can no longer end them."""
+        for path in self.root.glob("*/job.json"):
+            record = _read_json(path)
+            if record["state"] in TERMINAL_STATES or _owner_alive(record["owner"], path.parent):
+                continue
+            ended = now()
+            record.update(state="FAILED", endTime=ended, updateTime=ended,
+                          error={"code": ABORTED, "message": INTERRUPTED})
+            for trial in record["trials"]:
+                if trial["state"] not in TERMINAL_STATES:
+                    trial.update(state="CANCELLED", endTime=ended)
+            save(path.parent, record)
+            logger.warning("job %s: %s", record["id"], INTERRUPTED)
+
+
+def _owner_alive(owner: dict, folder: Path) -> bool:
+    """Whether the process that runs a job is still running it."""
+    if owner.get("pid") == os.getpid():
+        return str(folder) in _LIVE_FOLDERS
+    return owner_alive(owner)
+
+
+def _read_json(path: Path) -> dict:
+    return _upgrade(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _upgrade(record: dict) -> dict:
+    """A record of the layout before the core served two APIs (`{"project", "owner",
+    "job": <ml v1 Job>, "trialDetails"}`), in today's layout, so older local homes still show
+    their jobs."""
+    if "api" in record:
+        return record
+    job = record["job"]
+    training_input, output = job.get("trainingInput", {}), job.get("trainingOutput", {})
+    upgraded = {"api": "ml.v1", "kind": "jobs", "project": record["project"], "location": "",
+                "id": job["jobId"], "owner": record["owner"],
+                "request": {key: job[key] for key in ("jobId", "trainingInput", "labels")
+                            if key in job},
+                "state": job["state"], "createTime": job["createTime"],
+                "updateTime": job.get("endTime") or job["createTime"],
+                "outputDir": training_input.get("jobDir", ""),
+                "tuning": "hyperparameters" in training_input, "trials": [],
+                "trialDetails": record.get("trialDetails", {})}
+    upgraded.update({key: job[key] for key in ("startTime", "endTime") if key in job})
+    if job.get("errorMessage"):
+        upgraded["error"] = {"code": PROGRAM_FAILED, "message": job["errorMessage"]}
+    if "consumedMLUnits" in output:
+        upgraded["hours"] = output["consumedMLUnits"]
+    for trial in output.get("trials", []):
+        upgraded["trials"].append({"id": trial["trialId"], "state": trial["state"],
+                                   "values": trial.get("hyperparameters", {}),
+                                   **{key: trial[key] for key in ("startTime", "endTime")
+                                      if key in trial}})
+        if "finalMetric" in trial:
+            upgraded["trials"][-1]["metric"] = {
+                "value": trial["finalMetric"]["objectiveValue"],
+                "step": int(trial["finalMetric"].get("trainingStep", 0))}
+    return upgraded
