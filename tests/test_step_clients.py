@@ -334,7 +334,7 @@ def test_bigquery_client_gets_refusals_as_bad_requests(stand_ins):
         from google.api_core import exceptions
         from google.cloud import bigquery
         client = bigquery.Client()
-        for run in (lambda: client.query('SELEC nonsense').result(),
+        for run in (lambda: client.query("SELECT FORMAT('%t', 1) AS f").result(),
                     lambda: client.query_and_wait('SELECT * FROM nope.missing'),
                     lambda: client.query('SELECT 1', job_config=bigquery.QueryJobConfig(
                         use_legacy_sql=True)).result(),
@@ -347,7 +347,7 @@ def test_bigquery_client_gets_refusals_as_bad_requests(stand_ins):
     lines = result.stdout.splitlines()
     assert [line.split(" | ")[0] for line in lines] == ["BadRequest", "BadRequest", "BadRequest",
                                                         "NotFound"], result.stderr
-    assert "SELEC" in lines[0]
+    assert "not supported by the local BigQuery: FORMAT with %t" in lines[0]
     assert "nope.missing not found" in lines[1]
     assert "legacy SQL is not supported by the local BigQuery" in lines[2]
     assert "Not found: Table covertype_dataset.missing" in lines[3]
