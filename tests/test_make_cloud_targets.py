@@ -73,7 +73,10 @@ def workflow(compiled_package: Path) -> dict:
 
 
 @pytest.fixture
-def api(tmp_path):
+def api(tmp_path, monkeypatch):
+    # A cluster's runs stage in gs://; the local API checks a run's gcs_root is in its storage,
+    # which gs:// is when a storage emulator is configured (the runs never execute here).
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
     with RecordingKfpApi(tmp_path / "kfp-home") as recording:
         yield recording
 

@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from pipeline.local import records
+from pipeline.local.argo import evaluate_condition, substitute
 from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.runner import LocalRunner
-from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
+from pipeline.local.workflow import Workflow, WorkflowError
 
 
 def _container(name: str, script: str, outputs: tuple[str, ...] = (), inputs=(), retries=0,
@@ -37,7 +38,10 @@ def _workflow(tmp_path, templates: list[dict], tasks: list[dict], params=None) -
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
         "metadata": {"generateName": "demo-"},
         "spec": {"entrypoint": "main", "arguments": {"parameters": params or []},
-                 "templates": [{"name": "main", "dag": {"tasks": tasks}}, *templates]},
+                 "templates": [{"name": "main", "dag": {"tasks": tasks},
+                                "inputs": {"parameters": [{"name": item["name"]}
+                                                          for item in params or []]}},
+                               *templates]},
     }
     path = tmp_path / "workflow.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -127,7 +131,8 @@ def test_placeholders_and_conditions():
     with pytest.raises(WorkflowError, match="cannot resolve"):
         substitute("{{inputs.parameters.missing}}", scope)
     assert evaluate_condition("0.71 > 0.69") and not evaluate_condition("0.69 > 0.69")
-    assert evaluate_condition("abc == abc") and evaluate_condition("10 > 9")
+    assert evaluate_condition('"abc" == "abc"') and evaluate_condition("10 > 9")
+    assert not evaluate_condition('"1.0" == "1"')  # quoted: strings, as govaluate compares
     with pytest.raises(WorkflowError, match="unsupported when expression"):
         evaluate_condition("true")
 

@@ -91,8 +91,8 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     rows.iloc[2000:].to_csv(validation_csv, index=False)
     trainer = load_trainer()
     model = trainer.build_model().fit(trainer.model_input(rows), rows[schema.LABEL_COLUMN])
-    (home / "model").mkdir()
-    (home / "model" / "model.pkl").write_bytes(pickle.dumps(model))
+    (home / "gcs" / "model").mkdir(parents=True)
+    (home / "gcs" / "model" / "model.pkl").write_bytes(pickle.dumps(model))
     with pytest.MonkeyPatch.context() as patch, EmulatorServer(home=home) as server:
         patch.setenv("COVERTYPE_HOME", str(home))
         patch.setenv(VERTEX_EMULATOR_HOST_ENV, server.url)
@@ -101,7 +101,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         job = _tuning_job(ai, datasets, home / "gcs" / "jobdir" / "hypertune" / DONE_ID)
         running_job = _tuning_job(ai, datasets,
                                   home / "gcs" / "jobdir" / "hypertune" / RUNNING_ID)
-        endpoint, deployed_id = _deployment(ai, home / "model")
+        endpoint, deployed_id = _deployment(ai, home / "gcs" / "model")
         store = RunStore(runs_dir(home))
         done = _record(DONE_ID, records.SUCCEEDED, records.SUCCEEDED)
         done.steps["tune-hyperparameters"].outputs["tune-hyperparameters-job_id"] = job["name"]

@@ -348,8 +348,7 @@ BAD_TUNING_JOBS = [
     ({("trialJobSpec", "scheduling"): {"timeout": "60s"}},
      "trialJobSpec.scheduling is not supported locally"),
     ({("trialJobSpec", "baseOutputDirectory"): {"outputUriPrefix": "s3://bucket/out"}},
-     "baseOutputDirectory.outputUriPrefix 's3://bucket/out' is neither a gs:// URI nor a "
-     "local path"),
+     "baseOutputDirectory.outputUriPrefix 's3://bucket/out' is a URL; use a folder under "),
 ]
 
 

@@ -6,13 +6,17 @@ import threading
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from pipeline.errors import one_line
 from pipeline.local import records
 from pipeline.local.data import LAB_ROWS, parse_rows
 from pipeline.local.records import RunRecord, RunStore, StepRecord
-from pipeline.local.summary import RunSummary
+from pipeline.local.summary import RunSummary, steps_in_order
 
+OUTPUT_WIDTH = 80  # longer output values are shortened in the summary
 STATUS_STYLE = {records.SUCCEEDED: "green", records.FAILED: "red", records.RUNNING: "yellow",
                 records.SKIPPED: "dim", records.OMITTED: "dim", records.PENDING: "dim",
                 records.INTERRUPTED: "red"}
@@ -44,9 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def make_console() -> Console:
-    """A console that does not cut lines when the output is a file or a pipe."""
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=200)
+    """A console that does not cut lines when the output is a file or a pipe (and does not
+    turn `:a:` in a loop step's name into an emoji)."""
+    console = Console(highlight=False, emoji=False)
+    return console if console.is_terminal else Console(highlight=False, emoji=False, width=200)
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -82,7 +87,7 @@ class Progress:
         if not self.live and step.status != records.PENDING:
             duration = f" in {step.duration_s:.1f} s" if step.duration_s is not None else ""
             with self._lock:
-                self.console.print(f"  {step.name}: {step.status}{duration}")
+                self.console.print(f"  {escape(step.name)}: {step.status}{duration}")
 
     def line(self, step: StepRecord, line: str) -> None:
         self.last_line[step.name] = line
@@ -97,11 +102,11 @@ class Progress:
 
     def _table(self) -> Table:
         table = Table(box=None, show_header=False)
-        for step in (self.record.steps.values() if self.record else []):
+        for step in (steps_in_order(self.record) if self.record else []):
             detail = self.last_line.get(step.name, "") if step.status == records.RUNNING else ""
             duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
-            table.add_row(step.name, f"[{STATUS_STYLE[step.status]}]{step.status}[/]", duration,
-                          detail[-70:])
+            table.add_row(Text(step.name), f"[{STATUS_STYLE[step.status]}]{step.status}[/]",
+                          duration, Text(detail[-70:]))
         return table
 
 
@@ -132,7 +137,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def print_summary(console: Console, record: RunRecord) -> None:
-    """The end-of-run summary: steps, best trial, gate, deployment, where things are."""
+    """The end-of-run summary: steps, their outputs, and for this project's pipeline the best
+    trial, the gate and the deployment; where things are."""
     store = RunStore()
     style = STATUS_STYLE.get(record.status, "")
     took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
@@ -140,28 +146,42 @@ def print_summary(console: Console, record: RunRecord) -> None:
     if record.message:
         console.print(f"  {record.message}", markup=False)
     table = Table("step", "status", "duration", "note", box=None)
-    for step in record.steps.values():
+    for step in steps_in_order(record):
         duration = f"{step.duration_s:.1f} s" if step.duration_s is not None else ""
         note = step.message or (f"reused ({step.reused})" if step.reused else "")
-        table.add_row(step.name, f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
-                      duration, note[:90])
+        table.add_row(Text(step.name), f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
+                      duration, Text(note[:90]))
     console.print(table)
     summary = RunSummary.of(record)
+    if summary.outputs:
+        outputs = Table("step", "output", "value", box=None, title="Outputs", title_justify="left")
+        for step, values in summary.outputs.items():
+            for name, value in values.items():
+                outputs.add_row(Text(step), Text(name), Text(_shorten(value)))
+        console.print(outputs)
     if summary.best_trial:
         trial = ", ".join(f"{name}={value}" for name, value in summary.best_trial.items())
-        console.print(f"Best trial: {trial}")
+        console.print(f"Best trial: {trial}", markup=False)
     if summary.metric_value is not None:
-        verdict = "passed" if summary.metric_value > summary.threshold else "did not pass"
-        console.print(f"Evaluation: {summary.metric_name} {summary.metric_value:.4f} vs "
-                      f"threshold {summary.threshold} -> {verdict}")
+        verdict = ("" if summary.threshold is None else
+                   f" vs threshold {summary.threshold} -> "
+                   + ("passed" if summary.metric_value > summary.threshold else "did not pass"))
+        console.print(f"Evaluation: {summary.metric_name} {summary.metric_value:.4f}{verdict}",
+                      markup=False)
     if summary.deployed_version:
-        console.print(f"Deployed: [bold]{summary.deployed_version}[/]")
+        console.print(f"Deployed: [bold]{escape(summary.deployed_version)}[/]")
         console.print("Serve it with `covertype serve` (make serve): POST /v1/"
                       f"{summary.deployed_version.rsplit('/versions/', 1)[0]}:predict; "
                       "runs at http://127.0.0.1:8080/", markup=False)
-    else:
+    elif summary.has_deploy:
         console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
-    console.print(f"Run folder: {store.folder(record.run_id)}")
+    console.print(f"Run folder: {store.folder(record.run_id)}", markup=False)
+
+
+def _shorten(value: str) -> str:
+    """One line of at most OUTPUT_WIDTH characters."""
+    text = one_line(value)
+    return text if len(text) <= OUTPUT_WIDTH else text[:OUTPUT_WIDTH - 1] + "\u2026"
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -172,10 +192,10 @@ def _list(args: argparse.Namespace) -> int:
         metric = (f"{summary.metric_name} {summary.metric_value:.4f}"
                   if summary.metric_value is not None else "")
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
-        deployed = summary.deployed_version or ""
+        deployed = (summary.deployed_version or "no") if summary.has_deploy else ""
         table.add_row(record.run_id, record.status, record.start, duration, metric,
-                      deployed.replace("projects/local/models/", "").replace("/versions/", " ")
-                      or "no")
+                      Text(deployed.replace("projects/local/models/", "")
+                           .replace("/versions/", " ")))
     console.print(table)
     return 0
 

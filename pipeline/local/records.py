@@ -109,6 +109,12 @@ class RunStore:
             write_atomic(self.folder(record.run_id) / RUN_FILE,
                          json.dumps(asdict(record), indent=1))
 
+    def add_step(self, record: RunRecord, step: StepRecord) -> StepRecord:
+        """Add a step the run has just reached (a loop iteration, say), or return the one
+        already recorded under its name; safe while another thread saves the record."""
+        with self._lock:
+            return record.steps.setdefault(step.name, step)
+
     def step_started(self, record: RunRecord, step: StepRecord) -> None:
         step.status, step.start, step.end, step.duration_s = RUNNING, _now(), "", None
         step.attempts += 1

@@ -19,7 +19,7 @@ from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage
 from pipeline.local.owner import current_owner
 from pipeline.local.package import load_package
 from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
-from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
+from pipeline.local.runner import LOCAL_MODULES, LineCallback, LocalRunner, StepCallback
 from pipeline.local.services import training_service
 from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
 from pipeline.local.workflow import Workflow
@@ -44,15 +44,17 @@ def compile_package(output: Path, environ: Mapping[str, str] | None = None) -> P
     return output
 
 
-def default_parameters(home: Path) -> dict[str, str]:
-    """Local values for the parameters that have no default in the DSL."""
-    return {"project_id": LOCAL_PROJECT_ID, "gcs_root": str(storage_root(home) / "staging")}
+def default_parameters(home: Path, workflow: Workflow) -> dict[str, str]:
+    """Local values for this project's parameters that have no default in the DSL, for a
+    pipeline that declares them."""
+    local = {"project_id": LOCAL_PROJECT_ID, "gcs_root": str(storage_root(home) / "staging")}
+    return {name: value for name, value in local.items() if name in workflow.parameters}
 
 
 def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
                    home: Path) -> dict[str, str]:
     """The run's parameter values (local defaults, then the user's), checked before any step."""
-    parameters = workflow.resolve_parameters({**default_parameters(home), **overrides})
+    parameters = workflow.resolve_parameters({**default_parameters(home, workflow), **overrides})
     validate_parameters(parameters)
     if "gcs_root" in parameters:
         _check_gcs_root(parameters["gcs_root"], home)
@@ -79,10 +81,10 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
         compiled = package or compile_package(Path(staging) / "pipeline.yaml")
         workflow = Workflow.load(compiled)
         parameters = run_parameters(workflow, overrides, home)
-        source_table = parameters.get("source_table_name", data.SOURCE_TABLE)
-        if source_table == data.SOURCE_TABLE:
-            data.ensure_source_table(rows)
-        data.check_source_table(source_table)
+        if "source_table_name" in parameters:  # a pipeline that reads the source table
+            if parameters["source_table_name"] == data.SOURCE_TABLE:
+                data.ensure_source_table(rows)
+            data.check_source_table(parameters["source_table_name"])
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
         write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format
@@ -135,11 +137,20 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
         on_start(record)
     cache = StepCache(cache_dir(home)) if use_cache else None
     with EmulatorServer(home) as emulator:
-        # Preload the trainer (pandas, scikit-learn) while the first steps run.
-        threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
-        threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
+        if _runs_gcp_components(workflow):
+            # Preload the trainer (pandas, scikit-learn) while the first steps run.
+            threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
+            threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
         return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
                            cache).run()
+
+
+def _runs_gcp_components(workflow: Workflow) -> bool:
+    """Whether a step runs the GCP components' launcher (training and deploy jobs)."""
+    return any(module in template["container"].get("command", [])
+               + template["container"].get("args", [])
+               for template in workflow.templates.values() if "container" in template
+               for module in LOCAL_MODULES)
 
 
 def _preload_deploy_libraries() -> None:

@@ -1,39 +1,41 @@
 """Executes a compiled KFP v1 package (Argo Workflow) on this machine.
 
-Walks the DAG with Argo's semantics (dependencies, `when`, parameter and artifact passing,
-retryStrategy), runs independent steps in parallel, runs each container's own command as a
-local process (the GCP launcher is swapped for `pipeline.local.launcher`), and keeps a run
-record. The local AI Platform emulator serves the run's training and deploy calls.
+The DAG engine (`dag.py`) walks the workflow with Argo's semantics; this module runs each
+container step's own command as a local process (the GCP launcher is swapped for
+`pipeline.local.launcher`) with its retryStrategy and activeDeadlineSeconds, passes its
+parameters and artifacts, and keeps the run record. The local AI Platform emulator serves
+the run's training and deploy calls.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import one_line
 from pipeline.local import records
+from pipeline.local.argo import RetryStrategy, WorkflowError, substitute
 from pipeline.local.cache import CacheEntry, StepCache, step_key
+from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.step_env import step_environment
-from pipeline.local.workflow import Workflow, WorkflowError, evaluate_condition, substitute
+from pipeline.local.workflow import Workflow
 
 # Container entrypoints served by a local module instead of an image.
 LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
 LOG_TAIL_LINES = 8
-_DONE = {records.SUCCEEDED, records.SKIPPED, records.OMITTED}
 
 LineCallback = Callable[[StepRecord, str], None]
-StepCallback = Callable[[StepRecord], None]
-
-
-class StepFailed(RuntimeError):
-    """A container step exited non-zero (after its retries)."""
 
 
 class LocalRunner:
@@ -50,19 +52,13 @@ class LocalRunner:
         self.on_step = on_step or (lambda step: None)
         self.on_line = on_line or (lambda step, line: None)
         self.folder = store.folder(record.run_id)
-        for task, parent in workflow.walk_tasks():
-            record.steps.setdefault(task["name"], StepRecord(
-                name=task["name"], template=task["template"], parent=parent,
-                dependencies=list(task.get("dependencies", []))))
+        self.engine = DagEngine(workflow, record, store, self._run_container, self.on_step)
 
     def run(self) -> RunRecord:
-        """Execute the entrypoint DAG; the record says how it ended."""
+        """Execute the entrypoint DAG and the exit handler; the record says how it ended."""
         self.store.save(self.record)
-        scope = {f"inputs.parameters.{name}": value
-                 for name, value in self.record.parameters.items()}
-        scope.update(self._workflow_scope())
         try:
-            self._run_dag(self.workflow.entrypoint, scope)
+            self.engine.run()
         except (StepFailed, WorkflowError) as error:
             self._close_pending(records.OMITTED)
             self.store.run_finished(self.record, records.FAILED, str(error))
@@ -75,103 +71,19 @@ class LocalRunner:
             self.store.run_finished(self.record, records.SUCCEEDED)
         return self.record
 
-    def _workflow_scope(self) -> dict[str, str]:
-        return {"workflow.uid": self.record.run_id, "workflow.name": self.record.run_id,
-                "workflow.namespace": "local"}
-
     def _close_pending(self, status: str) -> None:
         for step in self.record.steps.values():
             if step.status in (records.PENDING, records.RUNNING):
                 step.status = status
         self.store.save(self.record)
 
-    # DAG -----------------------------------------------------------------------------------
-    def _run_dag(self, template_name: str, scope: dict[str, str]) -> None:
-        tasks = {task["name"]: task for task in self.workflow.dag_tasks(template_name)}
-        finished: set[str] = set()
-        running: dict[Future, str] = {}
-        failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
-            while len(finished) < len(tasks):
-                for name, task in tasks.items():
-                    deps = task.get("dependencies", [])
-                    if (name in finished or name in running.values() or failure
-                            or not all(dep in finished for dep in deps)):
-                        continue
-                    step = self.record.steps[name]
-                    if any(self.record.steps[dep].status not in _DONE for dep in deps):
-                        step.status = records.OMITTED
-                        finished.add(name)
-                        continue
-                    running[pool.submit(self._run_task, task, scope)] = name
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finished.add(running.pop(future))
-                    if future.exception() and not failure:
-                        failure = future.exception()
-        if failure:
-            raise failure
-
-    def _run_task(self, task: dict[str, Any], dag_scope: dict[str, str]) -> None:
-        step = self.record.steps[task["name"]]
-        if step.status == records.SUCCEEDED:  # finished before this run was resumed
-            self.on_step(step)
-            self._publish(task["name"], step, dag_scope)
-            return
-        arguments = {item["name"]: substitute(str(item.get("value", "")), dag_scope)
-                     for item in task.get("arguments", {}).get("parameters", [])}
-        artifacts = {item["name"]: self._artifact_source(item, dag_scope)
-                     for item in task.get("arguments", {}).get("artifacts", [])}
-        if "when" in task:
-            expression = substitute(task["when"], dag_scope)
-            if not evaluate_condition(expression):
-                step.status, step.message = records.SKIPPED, f"when '{expression}' is false"
-                self.store.save(self.record)
-                self.on_step(step)
-                return
-        template = self.workflow.templates[task["template"]]
-        scope = {f"inputs.parameters.{name}": value for name, value in arguments.items()}
-        scope.update(self._workflow_scope())
-        if "dag" in template:
-            self.store.step_started(self.record, step)
-            self.on_step(step)
-            try:
-                self._run_dag(task["template"], scope)
-            except BaseException as error:
-                self.store.step_finished(self.record, step, records.FAILED, str(error))
-                self.on_step(step)
-                raise
-            self.store.step_finished(self.record, step, records.SUCCEEDED)
-        else:
-            # A resumed run gets new pod names, so retried cloud jobs get new ids.
-            attempt = f"-r{self.record.resumes}" if self.record.resumes else ""
-            scope["pod.name"] = f"{self.record.run_id}-{task['name']}{attempt}"
-            scope["node.name"] = f"{self.record.run_id}.{task['name']}{attempt}"
-            self._run_container(step, template, scope, artifacts)
-        self.on_step(step)
-        self._publish(task["name"], step, dag_scope)
-
-    @staticmethod
-    def _publish(task: str, step: StepRecord, dag_scope: dict[str, str]) -> None:
-        """Make a finished task's outputs visible to the tasks after it."""
-        for name, value in step.outputs.items():
-            dag_scope[f"tasks.{task}.outputs.parameters.{name}"] = value
-        for name, path in step.artifacts.items():
-            dag_scope[f"tasks.{task}.outputs.artifacts.{name}"] = path
-
-    def _artifact_source(self, item: dict[str, Any], scope: dict[str, str]) -> str:
-        if "from" in item:
-            return substitute(item["from"], scope)
-        if "raw" in item:
-            return "raw:" + substitute(item["raw"].get("data", ""), scope)
-        raise WorkflowError(f"artifact argument {item['name']!r} has no 'from' or 'raw'")
-
     # Containers ----------------------------------------------------------------------------
     def _run_container(self, step: StepRecord, template: dict[str, Any],
-                       scope: dict[str, str], artifacts: dict[str, str]) -> None:
-        step_dir = self.folder / "steps" / step.name
+                       scope: dict[str, str], artifacts: dict[str, str],
+                       deadline: float | None = None) -> None:
+        """Run a container step to its end (retries included); `deadline` is the workflow's,
+        as a `time.monotonic()` value."""
+        step_dir = self.folder / "steps" / _folder_name(step.name)
         root = step_dir / "root"
         container = template["container"]
         outputs = template.get("outputs", {})
@@ -196,7 +108,7 @@ class LocalRunner:
             {**os.environ, **{name: localise(value) for name, value in step_env.items()}},
             self.emulator_url, self.record.parameters)
         env.update({STEP_ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1"})
-        limit = int(template.get("retryStrategy", {}).get("limit", 0) or 0)
+        retry = RetryStrategy.of(template)
         step.log = str((step_dir / "log.txt").relative_to(self.folder))
         step_dir.mkdir(parents=True, exist_ok=True)
         key = None
@@ -209,7 +121,8 @@ class LocalRunner:
             if entry is not None:
                 self._restore(step, entry, outputs, mapping)
                 return
-        for attempt in range(limit + 1):
+        first_start, attempt = time.monotonic(), 0
+        while True:
             if root.exists():
                 shutil.rmtree(root)
             for path in mapping.values():
@@ -218,14 +131,30 @@ class LocalRunner:
                 self._place_artifact(artifacts.get(item["name"], ""), Path(mapping[item["path"]]))
             self.store.step_started(self.record, step)
             self.on_step(step)
-            code, tail = self._execute(step, command, env, step_dir, attempt)
-            if code == 0:
-                break
-            if attempt == limit:
-                message = f"step {step.name} failed (exit {code}): " + " | ".join(tail)
+            timeout, limited_by = _timeout(template, deadline)
+            error = False
+            try:
+                code, tail = self._execute(step, command, env, step_dir, attempt, timeout)
+            except OSError as exc:  # the command could not start: Argo's Error phase
+                code, error = -1, True
+                message = f"step {step.name} could not start {command[0]!r}: {one_line(exc)}"
+            else:
+                if code == 0:
+                    break
+                message = (f"step {step.name} failed (exit {code})"
+                           + (": " + " | ".join(tail) if tail else "")
+                           if code is not None else
+                           f"step {step.name} exceeded {limited_by} and was killed")
+            pause = retry.pause(attempt + 1, error, time.monotonic() - first_start)
+            if pause is not None and deadline is not None and (
+                    time.monotonic() + pause >= deadline):
+                pause = None  # no retry past the workflow's deadline, as in Argo
+            if pause is None:
                 self.store.step_finished(self.record, step, records.FAILED, message)
                 self.on_step(step)
                 raise StepFailed(message)
+            time.sleep(pause)
+            attempt += 1
         step.outputs = {item["name"]: _read_output(mapping[item["valueFrom"]["path"]], step)
                         for item in outputs.get("parameters", [])}
         step.artifacts = {item["name"]: mapping[item["path"]]
@@ -270,14 +199,21 @@ class LocalRunner:
     def _place_artifact(self, source: str, target: Path) -> None:
         if source.startswith("raw:"):
             target.write_text(source[4:])
+        elif source and Path(source).is_dir():  # an OutputPath('Directory'), as Argo passes it
+            shutil.copytree(source, target)
         elif source:
             shutil.copyfile(source, target)
         else:
             raise WorkflowError(f"input artifact for {target} was not produced")
 
     def _execute(self, step: StepRecord, command: list[str], env: Mapping[str, str],
-                 cwd: Path, attempt: int) -> tuple[int, list[str]]:
-        """Run one process, streaming its output to the log file and the progress callback."""
+                 cwd: Path, attempt: int, timeout: float | None = None,
+                 ) -> tuple[int | None, list[str]]:
+        """Run one process, streaming its output to the log file and the progress callback.
+
+        Returns its exit code (None if it was killed at `timeout` seconds, with everything it
+        started) and the last lines of its output.
+        """
         tail: list[str] = []
         with open(cwd / "log.txt", "a" if attempt else "w") as log:
             if attempt:
@@ -285,6 +221,17 @@ class LocalRunner:
             process = subprocess.Popen(command, cwd=cwd, env=dict(env), text=True,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL)
+            killed = threading.Event()
+
+            def kill() -> None:
+                if process.poll() is None:
+                    killed.set()
+                    _kill_tree(process.pid)
+
+            timer = threading.Timer(timeout, kill) if timeout is not None else None
+            if timer:
+                timer.daemon = True
+                timer.start()
             assert process.stdout is not None
             for line in process.stdout:
                 log.write(line)
@@ -292,7 +239,75 @@ class LocalRunner:
                 line = line.rstrip("\n")
                 tail = (tail + [line])[-LOG_TAIL_LINES:]
                 self.on_line(step, line)
-            return process.wait(), [line for line in tail if line.strip()]
+            code = process.wait()
+            if timer:
+                timer.cancel()
+            return (None if killed.is_set() else code), [line for line in tail if line.strip()]
+
+
+def _timeout(template: dict[str, Any], deadline: float | None) -> tuple[float | None, str]:
+    """Seconds the next attempt may run, and the limit that sets them."""
+    own = template.get("activeDeadlineSeconds")
+    timeout = float(own) if own else None
+    limited_by = f"its deadline of {timeout:g} s (activeDeadlineSeconds)" if own else ""
+    if deadline is not None:
+        left = max(0.0, deadline - time.monotonic())
+        if timeout is None or left < timeout:
+            timeout, limited_by = left, "the workflow's deadline (activeDeadlineSeconds)"
+    return timeout, limited_by
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started (stopped first, so none forks away)."""
+    stopped: set[int] = set()
+    pending = {pid}
+    while pending:
+        for target in pending:
+            try:
+                os.kill(target, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        stopped |= pending
+        children: dict[int, set[int]] = {}
+        for child, parent in _parents().items():
+            children.setdefault(parent, set()).add(child)
+        tree, frontier = set(), [pid]
+        while frontier:
+            current = frontier.pop()
+            tree.add(current)
+            frontier += [child for child in children.get(current, ()) if child not in tree]
+        pending = tree - stopped
+    for target in stopped:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent: from /proc on Linux, else from `ps` (macOS)."""
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        parents = {}
+        for stat in proc.glob("[0-9]*/stat"):
+            try:  # "pid (comm) state ppid ...", where comm may hold spaces and parentheses
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        return parents
+    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="],
+                             capture_output=True, text=True).stdout.split()
+    return {int(child): int(parent)
+            for child, parent in zip(listing[::2], listing[1::2], strict=True)}
+
+
+def _folder_name(step: str) -> str:
+    """A step's folder: its name, or a shell-safe short form of a loop iteration's name."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", step):
+        return step
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", step)[:80].strip("-")
+    return f"{slug}-{hashlib.sha1(step.encode()).hexdigest()[:8]}"
 
 
 def _cacheable(template: dict[str, Any]) -> bool:
@@ -311,7 +326,9 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _read_output(path: str, step: StepRecord) -> str:
+    """An output parameter's value; like Argo's executor, without one trailing newline."""
     try:
-        return Path(path).read_text()
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise StepFailed(f"step {step.name} did not write its output {path}") from None
+    return text.removesuffix("\n")

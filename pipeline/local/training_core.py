@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_atomic
-from pipeline.local.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pipeline.local.errors import AlreadyExists, FailedPrecondition, NotFound
 from pipeline.local.home import jobs_dir, storage_root
 from pipeline.local.owner import current_owner, owner_alive
 from pipeline.local.storage import resolve_in_storage
@@ -58,7 +58,6 @@ from pipeline.local.training_run import (
 
 JOB_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,127}")
 COLD_ENV = "COVERTYPE_TRAINER_COLD"
-OUTPUT_SCHEMES = ("gs://", "file://")
 
 logger = logging.getLogger(__name__)
 _LIVE_FOLDERS: set[str] = set()  # jobs being run by an engine of this process
@@ -74,9 +73,6 @@ def check_output_dir(uri: str, field: str, storage: Path) -> str:
     Raises:
         InvalidArgument: a URI the trainer cannot or may not write to.
     """
-    if "://" in uri and not uri.startswith(OUTPUT_SCHEMES):
-        raise InvalidArgument(f"{field} {uri!r} is neither a gs:// URI nor a local path; "
-                              "point it at the bucket or folder for the job's output")
     if uri:
         resolve_in_storage(uri, field, storage)
     return uri

@@ -42,7 +42,7 @@ def evaluation_section(summary: RunSummary | None, metrics: list[dict],
     elif running:
         parts.append('<p class="empty" id="not-evaluated">Not evaluated yet.</p>')
     else:
-        reason = summary.not_deployed_reason if summary else ""
+        reason = summary.not_evaluated_reason if summary else ""
         parts.append(f'<p class="empty" id="not-evaluated">Not evaluated'
                      f'{": " + escape(reason) if reason else "."}</p>')
     if metrics:

@@ -92,7 +92,7 @@ def run_page(run_id: str, request: Request) -> HTMLResponse:
     return HTMLResponse(views.run_page(view))
 
 
-@router.get("/runs/{run_id}/steps/{step}/log", response_model=None)
+@router.get("/runs/{run_id}/steps/{step:path}/log", response_model=None)
 def step_log(run_id: str, step: str, request: Request) -> FileResponse | PlainTextResponse:
     """A step's log as plain text."""
     try:

@@ -187,7 +187,8 @@ def _steps_table(record: RunRecord) -> str:
         step = record.steps[name]
         label = e(name) + (f' <span class="empty">in {e(step.parent)}</span>'
                            if step.parent else "")
-        link = (f'<a href="/runs/{e(quote(record.run_id))}/steps/{e(quote(name))}/log">log</a>'
+        step_path = quote(name, safe="")  # a loop item may hold a slash
+        link = (f'<a href="/runs/{e(quote(record.run_id))}/steps/{e(step_path)}/log">log</a>'
                 if step.log else "")
         duration = graph.duration_text(graph.seconds(step.start, step.duration_s, step.status))
         rows.append(f'<tr id="step-{e(name)}"><td class="step">{label}</td>'
