@@ -180,8 +180,9 @@ def test_discovery_build_reaches_the_emulator_without_credentials(stand_ins):
             print('job', error.resp.status)
         vertex = discovery.build('aiplatform', 'v1', client_options={{
             'api_endpoint': 'https://us-central1-aiplatform.googleapis.com'}})
-        print(vertex.projects().locations().models().list(
-            parent='projects/proj/locations/us-central1').uri)
+        models = vertex.projects().locations().models().list(
+            parent='projects/proj/locations/us-central1')
+        print(models.uri, models.execute().get('models', []))
         chosen = discovery.build('ml', 'v1',
             discoveryServiceUrl='{server.url}/discovery/{{api}}/{{apiVersion}}')
         print(chosen._baseUrl)
@@ -193,6 +194,7 @@ def test_discovery_build_reaches_the_emulator_without_credentials(stand_ins):
     lines = result.stdout.splitlines()
     assert lines[:2] == ["projects/proj/models/clients_probe", "job 404"], result.stderr
     assert lines[2].startswith(f"{server.url}/v1/projects/proj/locations/us-central1/models")
+    assert lines[2].endswith(" []")  # answered by the local Vertex AI stand-in
     assert lines[3] == f"{server.url}/"
     assert lines[4].startswith("refused discovery.build('compute', 'v1'): a local step reaches "
                                "only the local stand-ins")

@@ -40,6 +40,13 @@ class AlreadyExists(ServiceError):
     status = "ALREADY_EXISTS"
 
 
+class Conflict(ServiceError):
+    """409 of APIs whose conflicts are not about existence (Cloud Storage's `conflict`)."""
+
+    code = 409
+    status = "ABORTED"
+
+
 class PreconditionFailed(ServiceError):
     code = 412
     status = "FAILED_PRECONDITION"

@@ -30,12 +30,7 @@ from typing import Any
 import google_crc32c
 
 from pipeline.atomic import write_atomic
-from pipeline.local.errors import (
-    InvalidArgument,
-    NotFound,
-    PreconditionFailed,
-    ServiceError,
-)
+from pipeline.local.errors import Conflict, InvalidArgument, NotFound, PreconditionFailed
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp|\.bq-export-.*\.csv")  # write_atomic, bq export
@@ -44,11 +39,6 @@ WRITABLE = ("contentType", "metadata", "cacheControl", "contentDisposition", "co
             "contentLanguage")
 _CHECKED = ("crc32c", "md5Hash")  # sent by clients to be verified
 _PAGE_SIZE = 1000
-
-
-class Conflict(ServiceError):
-    code = 409
-    status = "ABORTED"
 
 
 @dataclass(frozen=True)
