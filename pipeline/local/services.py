@@ -25,7 +25,8 @@ def training_engine(app: Any) -> TrainingEngine:
     with _lock:
         engine = getattr(app.state, "training_engine", None)
         if engine is None:
-            engine = app.state.training_engine = TrainingEngine(app.state.home)
+            engine = app.state.training_engine = TrainingEngine(
+                app.state.home, server_url=getattr(app.state, "url", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 
