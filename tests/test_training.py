@@ -339,7 +339,7 @@ def test_bad_jobs_are_http_400(emulator, datasets, change, message) -> None:
 
 def test_duplicate_get_list_and_cancel(emulator, datasets, monkeypatch) -> None:
     ml, home = emulator
-    monkeypatch.setenv("COVERTYPE_TRAINER_COLD", "1")  # a cold trial lasts long enough to cancel
+    monkeypatch.setenv("COVERTYPE_COLD", "1")  # a cold trial lasts long enough to cancel
     body = _job("cancelme", datasets, _jobdir(home) / "cancelme",
                 _hyper(MAX_ITER, maxTrials=3))
     _create(ml, body)

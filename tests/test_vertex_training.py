@@ -234,7 +234,7 @@ def test_failed_custom_job_carries_its_own_error(emulator, datasets) -> None:
 
 def test_cancel_stops_the_running_trials(emulator, datasets, monkeypatch) -> None:
     ai, home = emulator
-    monkeypatch.setenv("COVERTYPE_TRAINER_COLD", "1")  # a cold trial lasts long enough
+    monkeypatch.setenv("COVERTYPE_COLD", "1")  # a cold trial lasts long enough
     body = _tuning(datasets, home / "gcs" / "out" / "cancel", MAX_ITER, trials=3, parallel=1)
     name = _create(ai, "hyperparameterTuningJobs", body)["name"]
     jobs = _jobs(ai, "hyperparameterTuningJobs")

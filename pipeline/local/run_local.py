@@ -27,6 +27,7 @@ from pipeline.local.warm_programs import DEPLOY_ACTIONS, TRAINING_ACTIONS, launc
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
+from pipeline.vertex import launcher as vertex_launcher
 
 DSL_FILE = Path(__file__).resolve().parents[1] / "covertype_training_pipeline.py"
 PACKAGE_FILE = "pipeline.yaml"  # the package a run executed, kept in its folder
@@ -53,11 +54,21 @@ def default_parameters(home: Path, workflow: Workflow) -> dict[str, str]:
     return {name: value for name, value in local.items() if name in workflow.parameters}
 
 
+def package_platform(workflow: Workflow) -> str:
+    """The platform a package was compiled for: `vertex` when a step runs the Vertex AI
+    components' launcher, else `caip` (PLATFORM of pipeline/settings.py)."""
+    for template in workflow.templates.values():
+        if vertex_launcher.__name__ in template.get("container", {}).get("command", []):
+            return "vertex"
+    return "caip"
+
+
 def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
                    home: Path) -> dict[str, str]:
-    """The run's parameter values (local defaults, then the user's), checked before any step."""
+    """The run's parameter values (local defaults, then the user's), checked before any step
+    for the package's platform (on Vertex AI the tuning settings must translate)."""
     parameters = workflow.resolve_parameters({**default_parameters(home, workflow), **overrides})
-    validate_parameters(parameters)
+    validate_parameters(parameters, package_platform(workflow))
     if "gcs_root" in parameters:
         _check_gcs_root(parameters["gcs_root"], home)
     return parameters
@@ -179,7 +190,8 @@ def _stop_training(emulator: EmulatorServer) -> None:
 
 def _prestart_order(runner: LocalRunner) -> Iterator[tuple[list[str], dict[str, str]]]:
     """The steps' programs in the order the run reaches them, the trainer's right after the
-    first step that starts a training job (read in the executor's prestart thread)."""
+    first step that starts a training job (read in the executor's prestart thread). Trials see
+    the server as steps do (TrainingEngine.process_environment): the steps' environment."""
     trainer_added = False
     for command, env in runner.warm_programs():
         yield command, env
@@ -187,7 +199,7 @@ def _prestart_order(runner: LocalRunner) -> Iterator[tuple[list[str], dict[str, 
             from pipeline.local.training_run import program_for_image
 
             trainer_added = True
-            yield list(program_for_image("")), dict(os.environ)
+            yield list(program_for_image("")), env
 
 
 def _prepare_deploy(home: Path) -> None:

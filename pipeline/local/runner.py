@@ -30,9 +30,9 @@ from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
 from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
+from pipeline.local.step_env import step_environment
 from pipeline.local.warm import started_as
 from pipeline.local.workflow import Workflow
-from pipeline.ml_client import EMULATOR_HOST_ENV, VERTEX_EMULATOR_HOST_ENV
 
 # Container entrypoints served by a local module instead of an image.
 LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
@@ -116,12 +116,11 @@ class LocalRunner:
                 for name in self.workflow.containers_in_order()]
 
     def _environment(self, step_env: Mapping[str, str]) -> dict[str, str]:
-        """A step's environment: this process's, the step's own variables, the emulator."""
-        env = {**os.environ, **step_env}
-        env.update({EMULATOR_HOST_ENV: self.emulator_url,
-                    VERTEX_EMULATOR_HOST_ENV: self.emulator_url,
-                    "PYTHONUNBUFFERED": "1",
-                    "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
+        """A step's environment: this process's with the step's own variables, what a step
+        sees of the local server (pipeline.local.step_env), unbuffered Python."""
+        env = step_environment({**os.environ, **step_env}, self.emulator_url,
+                               self.record.parameters)
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     # Containers ----------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def training_engine(app: Any) -> TrainingEngine:
         engine = getattr(app.state, "training_engine", None)
         if engine is None:
             engine = app.state.training_engine = TrainingEngine(
-                app.state.home, executor=getattr(app.state, "warm_executor", None))
+                app.state.home, server_url=getattr(app.state, "url", None),
+                executor=getattr(app.state, "warm_executor", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from pipeline.local import records
 from pipeline.local.records import RunRecord, StepRecord
+from pipeline.vertex.deploy import DEPLOYED_MODEL_OUTPUT, ENDPOINT_OUTPUT
 
 BEST_RUN_STEP, EVALUATE_STEP, DEPLOY_STEP = "retrieve-best-run", "evaluate-model", "deploy-model"
-# The Vertex AI deploy step's output naming the endpoint resource, by the names it may carry.
-ENDPOINT_OUTPUTS = ("endpoint_name", "endpoint")
 # Artifacts that describe how to draw a step, not what it computed.
 _NOT_OUTPUTS = {"mlpipeline-ui-metadata"}
 _TEXT_LIMIT = 64 * 1024
@@ -113,8 +112,7 @@ class RunSummary:
         has_evaluation = EVALUATE_STEP in record.steps
         has_deploy = DEPLOY_STEP in record.steps
         deployed = step_output(record, DEPLOY_STEP, "version_name")
-        endpoint = next((value for name in ENDPOINT_OUTPUTS
-                         if (value := step_output(record, DEPLOY_STEP, name))), None)
+        endpoint = step_output(record, DEPLOY_STEP, ENDPOINT_OUTPUT)
         not_evaluated = None
         if metric is None and (has_evaluation or not record.steps):
             not_evaluated = f"the run {record.status.lower()} before evaluation"
@@ -138,8 +136,8 @@ class RunSummary:
             deployed_version=deployed,
             not_deployed_reason=reason,
             deployed_endpoint=endpoint.strip() if endpoint else None,
-            deployed_model_id=(step_output(record, DEPLOY_STEP, "deployed_model_id") or "").strip()
-            or None,
+            deployed_model_id=(step_output(record, DEPLOY_STEP, DEPLOYED_MODEL_OUTPUT) or ""
+                               ).strip() or None,
             not_evaluated_reason=not_evaluated,
             has_evaluation=has_evaluation,
             has_deploy=has_deploy,

@@ -28,6 +28,8 @@ def create_app(home: Path | None = None) -> FastAPI:
     """The emulator app over the local home folder (default: `local_home()`)."""
     from pipeline.local import browser
     from pipeline.local.emulator import (
+        bigquery_api,
+        gcs_api,
         jobs,
         kfp_api,
         models,
@@ -45,6 +47,9 @@ def create_app(home: Path | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
         body = {"error": {"code": error.code, "message": str(error), "status": error.status}}
+        if error.reason:
+            body["error"]["errors"] = [{"message": str(error), "domain": "global",
+                                        "reason": error.reason}]
         return JSONResponse(body, status_code=error.code)
 
     @app.get("/discovery/{api}/{version}", include_in_schema=False)
@@ -71,5 +76,7 @@ def create_app(home: Path | None = None) -> FastAPI:
     app.include_router(vertex_models.router)
     app.include_router(vertex_endpoints.router)
     app.include_router(kfp_api.router)
+    app.include_router(gcs_api.router)
+    app.include_router(bigquery_api.router)
     app.include_router(browser.router)
     return app

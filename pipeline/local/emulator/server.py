@@ -60,6 +60,7 @@ class EmulatorServer:
                 from pipeline.local.emulator.app import create_app
 
                 self._app = create_app(self._home)
+                self._app.state.url = self.url  # trials reach this server as steps do
                 for name, value in self._state.items():
                     setattr(self._app.state, name, value)
             return self._app
