@@ -22,7 +22,11 @@ from pipeline.local.processes import RunProcesses
 from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LOCAL_MODULES, LineCallback, LocalRunner, StepCallback
 from pipeline.local.services import training_engine
-from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
+from pipeline.local.storage import (
+    configure_storage_emulator,
+    ensure_local_bucket,
+    resolve_in_storage,
+)
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
@@ -97,6 +101,8 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
             if parameters["source_table_name"] == data.SOURCE_TABLE:
                 data.ensure_source_table(rows)
             data.check_source_table(parameters["source_table_name"])
+        if "gcs_root" in parameters:
+            ensure_local_bucket(parameters["gcs_root"], storage_root(home))
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
         write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format

@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.errors import one_line
 from pipeline.local import records
 from pipeline.local.argo import RetryStrategy, WorkflowError, substitute
-from pipeline.local.cache import CacheEntry, StepCache, output_digests, step_key
+from pipeline.local.cache import CacheEntry, StepCache, named_files, output_digests, step_key
 from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
@@ -190,7 +190,7 @@ class LocalRunner:
         step.artifacts = {item["name"]: mapping[item["path"]]
                           for item in outputs.get("artifacts", [])
                           if Path(mapping[item["path"]]).exists()}
-        step.files = output_digests(step.outputs)
+        step.files = output_digests(named_files(step.outputs, step.artifacts))
         self.store.step_finished(self.record, step, records.SUCCEEDED)
         if key is not None:
             self.cache.store(key, step.outputs, step.artifacts)
@@ -200,7 +200,7 @@ class LocalRunner:
         self.store.step_started(self.record, step)
         step.artifacts = dict(entry.artifacts)
         step.outputs = dict(entry.outputs)
-        step.files = output_digests(step.outputs)
+        step.files = output_digests(named_files(step.outputs, step.artifacts))
         step.reused = "cache"
         step.attempts -= 1
         self.store.step_finished(self.record, step, records.SUCCEEDED,
