@@ -18,7 +18,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipeline.local.actions.deploy import deploy
-from pipeline.local.launcher import parse_inputs
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.errors import (
     AlreadyExists,
@@ -28,6 +27,7 @@ from pipeline.local.errors import (
     ServiceError,
 )
 from pipeline.local.home import registry_dir, storage_root
+from pipeline.local.launcher import parse_inputs
 from pipeline.local.registry import Registry
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 from pipeline.schema import (

@@ -13,6 +13,7 @@ from test_local_run import COVERTYPE, covertype
 
 from pipeline.local.records import RunStore
 from pipeline.local.summary import RunSummary
+from pipeline.local.tuning_jobs import tuning_job
 
 ROWS = "20000"
 SPLIT_STEPS = {"create-splits-dataset", "create-training-split", "create-validation-split",
@@ -114,7 +115,9 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path, compiled_pa
                       "--no-cache", "--param", "version_id=v02")
     assert fresh.returncode == 0
     uninterrupted = _runs(home)[0]
-    assert RunSummary.of(record).best_trial == RunSummary.of(uninterrupted).best_trial
+    best = [RunSummary.of(run, tuning_job(run, home)[0]).best_trial
+            for run in (record, uninterrupted)]
+    assert best[0] and best[0] == best[1]
     assert RunSummary.of(record).metric_value == RunSummary.of(uninterrupted).metric_value
     model = pickle.loads((home / "registry/covertype_classifier/versions/v01/model.pkl")
                          .read_bytes())

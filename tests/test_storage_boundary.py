@@ -26,7 +26,7 @@ from pipeline.local.tuning import MAX_TRIALS, parallel_trial_limit
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = "gcr.io/local/covertype-trainer:latest"
+IMAGE = "gcr.io/local/trainer_image:latest"
 
 
 class MarkerPickle:

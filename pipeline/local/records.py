@@ -57,6 +57,8 @@ class StepRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
     reused: str = ""  # "cache" or "resume" when the step's outputs were reused, not recomputed
+    component: str = ""  # what it runs, e.g. gcp/ml_engine/deploy (pipeline/local/roles.py)
+    role: str = ""  # what it does: tuning, training, deploy, query, evaluation or ''
 
 
 @dataclass

@@ -25,7 +25,8 @@ def training_engine(app: Any) -> TrainingEngine:
     with _lock:
         engine = getattr(app.state, "training_engine", None)
         if engine is None:
-            engine = app.state.training_engine = TrainingEngine(app.state.home)
+            engine = app.state.training_engine = TrainingEngine(
+                app.state.home, images=getattr(app.state, "images", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 
