@@ -11,6 +11,10 @@ Each repetition gets a fresh COVERTYPE_HOME (so no step cache) holding a copy of
 loaded once before the timings with the product's own loader; the load is timed once and
 reported apart, and both sides start from that same loaded table. Whatever the loader already
 computes (the row fingerprint cache) is in the copy; the baseline fingerprints in its timing.
+The two alternate within one invocation (ours, baseline, ours, baseline, ...), and each is
+measured as a whole process tree (bench/proctree.py): wall time, CPU time of every process,
+peak PSS. With `vertex`, a package compiled with PLATFORM=vertex runs in the same alternation
+(ours caip, baseline, ours vertex, ...), when pipeline/settings.py accepts that platform.
 """
 from __future__ import annotations
 
@@ -19,26 +23,26 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from types import ModuleType
 
-from bench import REPO, Row, stats
+from bench import REPO, Row, proctree, stats
+from bench.profile import run_profile, summarise
 from pipeline import schema
+from pipeline.errors import one_line
 
 TRAINER_DIR = REPO / "trainer_image"
 SOURCE_TABLE = "covertype_dataset.covertype"
-_SETTINGS_ENV = ("BASE_IMAGE", "TRAINER_IMAGE", "PROJECT_ID", "USE_KFP_SA",
+_SETTINGS_ENV = ("BASE_IMAGE", "TRAINER_IMAGE", "PROJECT_ID", "USE_KFP_SA", "PLATFORM",
                  "COMPONENT_URL_SEARCH_PREFIX", "RUNTIME_VERSION", "PYTHON_VERSION",
                  "AI_PLATFORM_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "COVERTYPE_HOME")
-MB = 1024 * 1024
+PSS_LIMIT_MB = 1536  # the process tree's peak PSS, < 1.5 GB
+VERTEX_TOLERANCE = 1.10  # a local Vertex run within 10% of a local caip run
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -47,11 +51,27 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def compile_package(folder: Path) -> Path:
+def compile_package(folder: Path, platform: str = "") -> Path:
     """Compile the DSL once with local image names, as tests/conftest.py's compile_dsl does."""
     from pipeline.local.run_local import compile_package as compile_dsl
 
-    return compile_dsl(folder / "covertype_training_pipeline.yaml", clean_env())
+    name = f"covertype_training_pipeline{'-' + platform if platform else ''}.yaml"
+    return compile_dsl(folder / name, clean_env(**({"PLATFORM": platform} if platform else {})))
+
+
+def vertex_unavailable() -> str | None:
+    """Why a PLATFORM=vertex package cannot be compiled yet, or None when it can."""
+    from pipeline.settings import Settings, SettingsError
+
+    try:
+        Settings.from_env(clean_env(PLATFORM="vertex"))
+    except SettingsError as error:
+        return f"PLATFORM=vertex is refused: {error}"
+    try:  # a setting that is read refuses a value it does not know
+        Settings.from_env(clean_env(PLATFORM="no-such-platform"))
+    except SettingsError:
+        return None
+    return "pipeline/settings.py does not read PLATFORM yet (issue 10)"
 
 
 def prepare_warehouse(folder: Path, rows: int) -> tuple[Path, float]:
@@ -64,69 +84,9 @@ def prepare_warehouse(folder: Path, rows: int) -> tuple[Path, float]:
     return path, time.perf_counter() - start
 
 
-class TreeMemory:
-    """Samples the summed VmRSS of a process and all its descendants (from /proc); keeps the max.
-
-    The sum counts shared pages (libraries, copy-on-write) once per process, so it overstates.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="tree-memory")
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_rss(self.pid))
-            self._stop.wait(self.interval)
-
-
-def tree_rss(root: int) -> int:
-    """VmRSS bytes of `root` plus every descendant alive now."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) * 1024 for line in status.splitlines()
-                       if line.startswith("VmRSS:")), 0)
-        stack.extend(children.get(pid, ()))
-    return total
-
-
-def timed_process(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Run a command with its output in `log`; returns (wall seconds, peak tree RSS bytes)."""
-    start = time.perf_counter()
-    with open(log, "wb") as stream:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stream,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        with TreeMemory(process.pid) as memory:
-            code = process.wait()
-    seconds = time.perf_counter() - start
-    if code:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-        raise RuntimeError(f"{command[0]} ... exited with {code}: {tail[-800:]}")
-    return seconds, memory.peak_bytes
+def timed_process(command: list[str], log: Path, env: dict[str, str]) -> dict:
+    """Run a command from the repo with its output in `log`; its whole tree's cost."""
+    return proctree.measure(command, log, env, REPO).as_dict()
 
 
 def _csv_rows(path: Path) -> int:
@@ -135,36 +95,48 @@ def _csv_rows(path: Path) -> int:
 
 
 def run_pipeline(package: Path, warehouse: Path, rows: int | str, folder: Path) -> dict:
-    """`covertype run --local` in a fresh home holding a copy of `warehouse`."""
+    """`covertype run --local` in a fresh home holding a copy of `warehouse`.
+
+    The run must succeed with every step run (none reused) and deploy; for a caip package the
+    tuning job's trials are read back for the baseline.
+    """
     home = folder / "home"
     home.mkdir(parents=True)
     shutil.copyfile(warehouse, home / "warehouse.duckdb")
     command = [str(Path(sys.executable).with_name("covertype")), "run", "--local",
                "--package", str(package), "--rows", str(rows)]
-    wall, peak = timed_process(command, folder / "covertype-run.log",
-                               clean_env(COVERTYPE_HOME=str(home)))
+    cost = timed_process(command, folder / "covertype-run.log",
+                         clean_env(COVERTYPE_HOME=str(home)))
     (run_folder,) = (home / "runs").iterdir()
     record = json.loads((run_folder / "run.json").read_text())
     reused = [name for name, step in record["steps"].items() if step.get("reused")]
     if reused:
         raise AssertionError(f"steps {reused} were reused, not run, in a fresh home")
+    deployed = [name for name, step in record["steps"].items()
+                if name.startswith("deploy") and step["status"] == "Succeeded"]
+    if record["status"] != "Succeeded" or not deployed:
+        raise AssertionError(f"run {record['run_id']} is {record['status']} and deployed "
+                             f"{'nothing' if not deployed else deployed}; see {run_folder}")
     outputs = {key: value for step in record["steps"].values()
                for key, value in step["outputs"].items()}
-    job = json.loads((home / "jobs" / outputs["tune-hyperparameters-job_id"] / "job.json")
-                     .read_text())["job"]
-    trials = sorted(job["trainingOutput"]["trials"], key=lambda trial: int(trial["trialId"]))
     datasets = home / "gcs" / "staging" / "datasets"
-    return {
-        "wall_s": wall, "peak_rss_mb": peak / MB, "record_duration_s": record["duration_s"],
-        "status": record["status"],
+    result = {
+        **cost, "record_duration_s": record["duration_s"], "status": record["status"],
         "steps": {name: step["duration_s"] for name, step in record["steps"].items()},
-        "accuracy": float(outputs["evaluate-model-metric_value"]),
+        "profile": run_profile(record, cost["start_unix"], cost["end_unix"]),
+        "accuracy": float(outputs.get("evaluate-model-metric_value", "nan")),
         "threshold": float(record["parameters"]["evaluation_metric_threshold"]),
-        "trials": [trial["hyperparameters"] for trial in trials],
-        "max_parallel_trials": job["trainingInput"]["hyperparameters"]["maxParallelTrials"],
         "split_rows": {split: _csv_rows(datasets / split / "data.csv")
                        for split in schema.SPLIT_LOTS},
     }
+    if "tune-hyperparameters-job_id" in outputs:  # an ml v1 (caip) tuning job
+        job = json.loads((home / "jobs" / outputs["tune-hyperparameters-job_id"] / "job.json")
+                         .read_text())["job"]
+        trials = sorted(job["trainingOutput"]["trials"], key=lambda trial: int(trial["trialId"]))
+        result["trials"] = [trial["hyperparameters"] for trial in trials]
+        result["max_parallel_trials"] = job["trainingInput"]["hyperparameters"][
+            "maxParallelTrials"]
+    return result
 
 
 def run_baseline(warehouse: Path, trials: list[dict], parallel: int, folder: Path) -> dict:
@@ -176,9 +148,11 @@ def run_baseline(warehouse: Path, trials: list[dict], parallel: int, folder: Pat
     command = [sys.executable, "-m", "bench.bench_e2e", "baseline", "--warehouse",
                str(work_copy), "--out", str(out), "--parallel", str(parallel),
                "--trials", json.dumps(trials)]
-    wall, peak = timed_process(command, folder / "baseline.log", clean_env())
-    return {"wall_s": wall, "peak_rss_mb": peak / MB,
-            **json.loads((out / "baseline.json").read_text())}
+    cost = timed_process(command, folder / "baseline.log", clean_env())
+    result = {**cost, **json.loads((out / "baseline.json").read_text())}
+    result["phases"]["start-up and exit (imports, pool)"] = max(
+        0.0, cost["wall_s"] - sum(result["phases"].values()))
+    return result
 
 
 # The baseline process ----------------------------------------------------------------------
@@ -270,72 +244,125 @@ def baseline(warehouse: Path, out: Path, trials: list[dict[str, str]], parallel:
 
 # Benchmarks --------------------------------------------------------------------------------
 
-def run_lab(workdir: Path, repeats: int, package: Path) -> dict:
-    """e2e-lab: 100,000 rows, the lab's tuning; local run and baseline alternate per repeat.
+def run_lab(workdir: Path, repeats: int, packages: dict[str, Path],
+            warehouse: tuple[Path, float] | None = None) -> dict:
+    """e2e-lab: 100,000 rows, the lab's tuning; local runs and the baseline alternate.
 
+    `packages` maps a platform ("caip", and "vertex" when measured) to its compiled package;
+    `warehouse` is an already loaded one and its load seconds (else one is loaded).
     Keeps the last baseline's split CSVs in `workdir/lab-splits` for the quality benchmark.
     """
     from pipeline.local.data import LAB_ROWS
 
-    return _compare(workdir, repeats, package, LAB_ROWS, str(LAB_ROWS), workdir / "lab-splits")
+    return _compare(workdir, repeats, packages, LAB_ROWS, str(LAB_ROWS), workdir / "lab-splits",
+                    warehouse)
 
 
 def run_full(workdir: Path, repeats: int, package: Path) -> dict:
     """e2e-full: all bundled rows through `covertype run --local --rows all`, and the baseline."""
     from pipeline.local.data import BUNDLED_ROWS
 
-    return _compare(workdir, repeats, package, BUNDLED_ROWS, "all")
+    return _compare(workdir, repeats, {"caip": package}, BUNDLED_ROWS, "all")
 
 
-def _compare(workdir: Path, repeats: int, package: Path, rows: int, rows_flag: str,
-             keep_splits: Path | None = None) -> dict:
-    warehouse, load_s = prepare_warehouse(workdir, rows)
-    runs, baselines = [], []
+def _compare(workdir: Path, repeats: int, packages: dict[str, Path], rows: int, rows_flag: str,
+             keep_splits: Path | None = None,
+             loaded: tuple[Path, float] | None = None) -> dict:
+    warehouse, load_s = loaded or prepare_warehouse(workdir, rows)
+    runs, baselines, vertex, vertex_error = [], [], [], ""
     for repeat in range(repeats):
         with tempfile.TemporaryDirectory(dir=workdir) as folder:
-            runs.append(run_pipeline(package, warehouse, rows_flag, Path(folder)))
+            scratch = Path(folder)
+            runs.append(run_pipeline(packages["caip"], warehouse, rows_flag, scratch / "caip"))
             baselines.append(run_baseline(warehouse, runs[-1]["trials"],
-                                          runs[-1]["max_parallel_trials"], Path(folder)))
+                                          runs[-1]["max_parallel_trials"], scratch))
             if runs[-1]["split_rows"] != baselines[-1]["split_rows"]:
                 raise AssertionError(f"baseline splits {baselines[-1]['split_rows']} differ from "
                                      f"the pipeline's {runs[-1]['split_rows']}")
+            if "vertex" in packages and not vertex_error:
+                try:  # a failing vertex run fails its own row, not e2e-lab's
+                    vertex.append(run_pipeline(packages["vertex"], warehouse, rows_flag,
+                                               scratch / "vertex"))
+                    if vertex[-1]["split_rows"] != runs[-1]["split_rows"]:
+                        raise AssertionError(f"the vertex run's splits "
+                                             f"{vertex[-1]['split_rows']} differ from caip's "
+                                             f"{runs[-1]['split_rows']}")
+                except Exception as error:
+                    vertex_error = f"{type(error).__name__}: {one_line(error)}"
             if keep_splits and repeat == repeats - 1:
-                shutil.copytree(Path(folder) / "baseline" / "datasets", keep_splits)
+                shutil.copytree(scratch / "baseline" / "datasets", keep_splits)
     steps = [step for step, seconds in runs[0]["steps"].items() if seconds is not None]
-    return {"rows": rows, "repeats": repeats, "warehouse_load_s": round(load_s, 3),
-            "ours": _summary(runs), "baseline": _summary(baselines),
-            "steps_s": {step: stats([run["steps"][step] for run in runs]) for step in steps},
-            "baseline_phases_s": {phase: stats([b["phases"][phase] for b in baselines])
-                                  for phase in baselines[0]["phases"]},
-            "runs": runs, "baselines": baselines}
+    result = {"rows": rows, "repeats": repeats, "warehouse_load_s": round(load_s, 3),
+              "ours": _summary(runs), "baseline": _summary(baselines),
+              "steps_s": {step: stats([run["steps"][step] for run in runs]) for step in steps},
+              "profile_s": summarise([run["profile"] for run in runs]),
+              "baseline_phases_s": summarise([b["phases"] for b in baselines]),
+              "lingering": [name for r in [*runs, *baselines, *vertex] for name in r["lingering"]],
+              "runs": runs, "baselines": baselines}
+    if vertex_error:
+        result["vertex_error"] = vertex_error[:300]
+    elif vertex:
+        result.update(vertex=_summary(vertex), vertex_runs=vertex,
+                      vertex_profile_s=summarise([run["profile"] for run in vertex]))
+    return result
 
 
 def _summary(results: list[dict]) -> dict:
     return {"wall_s": stats([r["wall_s"] for r in results]),
+            "cpu_s": stats([r["cpu_s"] for r in results]),
+            "peak_pss_mb": stats([r["peak_pss_mb"] for r in results], 1),
             "peak_rss_mb": stats([r["peak_rss_mb"] for r in results], 1),
-            "accuracy": stats([r["accuracy"] for r in results], 4)}
+            "accuracy": stats([r["accuracy"] for r in results], 4)}  # nan when not reported
+
+
+def _rows(name: str, label: str, result: dict, wall_s: float, wall_x: float,
+          cpu_x: float | None) -> list[Row]:
+    """Wall, CPU and PSS rows of one e2e benchmark, each with its target."""
+    ours, base = result["ours"], result["baseline"]
+    wall = Row(name, f"wall s, {label}", ours["wall_s"], base["wall_s"],
+               f"<= {wall_s:.0f} s and <= {wall_x}x")
+    wall.met = ours["wall_s"]["median"] <= wall_s and wall.ratio is not None and \
+        wall.ratio <= wall_x
+    cpu = Row(name, "CPU s (user+sys of the process tree)", ours["cpu_s"], base["cpu_s"],
+              f"<= {cpu_x}x" if cpu_x else "—")
+    if cpu_x:
+        cpu.met = cpu.ratio is not None and cpu.ratio <= cpu_x
+    pss = Row(name, "peak PSS MB of the process tree", ours["peak_pss_mb"], base["peak_pss_mb"],
+              f"< {PSS_LIMIT_MB} MB", ours["peak_pss_mb"]["max"] < PSS_LIMIT_MB, digits=0)
+    wall.notes.update(profile_s=result["profile_s"], baseline_phases_s=result["baseline_phases_s"])
+    table = [wall, cpu, pss,
+             Row(name, "warehouse load s (once, not in wall)", result["warehouse_load_s"])]
+    if result["lingering"]:
+        table.append(Row(name, "processes left running 10 s after exit (killed)",
+                         "; ".join(result["lingering"])[:120], target="none", met=False))
+    return table
 
 
 def lab_rows(result: dict) -> list[Row]:
-    """e2e-lab rows: wall time against the baseline (targets <= 30 s, <= 1.5x), memory, load."""
-    ours, base = result["ours"], result["baseline"]
-    wall = Row("e2e-lab", f"wall s, {result['rows']:,} rows, 6 trials / 3 parallel",
-               ours["wall_s"], base["wall_s"], "<= 30 s and <= 1.5x")
-    wall.met = ours["wall_s"]["median"] <= 30 and wall.ratio is not None and wall.ratio <= 1.5
-    return [wall,
-            Row("e2e-lab", "peak RSS MB, process tree", ours["peak_rss_mb"], base["peak_rss_mb"],
-                digits=0),
-            Row("e2e-lab", "warehouse load s (once, not in wall)", result["warehouse_load_s"])]
+    """e2e-lab: wall <= 30 s and <= 1.5x, CPU <= 1.3x, peak PSS < 1.5 GB."""
+    return _rows("e2e-lab", f"{result['rows']:,} rows, 6 trials / 3 parallel", result,
+                 30, 1.5, 1.3)
+
+
+def vertex_rows(result: dict | None, unavailable: str | None,
+                failure: str | None = None) -> list[Row]:
+    """e2e-vertex: the PLATFORM=vertex package's wall time within 10% of caip's."""
+    if unavailable or not result:
+        return [Row("e2e-vertex", f"not available: {unavailable or 'e2e-lab did not run'}")]
+    if failure or "vertex" not in result:
+        return [Row("e2e-vertex", f"FAILED: {failure or result.get('vertex_error')}")]
+    row = Row("e2e-vertex", f"wall s, PLATFORM=vertex vs caip, {result['rows']:,} rows",
+              result["vertex"]["wall_s"], result["ours"]["wall_s"],
+              f"<= {VERTEX_TOLERANCE:.2f}x")
+    row.met = row.ratio is not None and row.ratio <= VERTEX_TOLERANCE
+    row.notes["profile_s"] = result["vertex_profile_s"]
+    return [row, Row("e2e-vertex", "CPU s, PLATFORM=vertex vs caip", result["vertex"]["cpu_s"],
+                     result["ours"]["cpu_s"])]
 
 
 def full_rows(result: dict) -> list[Row]:
-    """e2e-full rows: wall time (<= 90 s), peak memory of the process tree (< 2 GB), load."""
-    ours, base = result["ours"], result["baseline"]
-    return [Row("e2e-full", f"wall s, {result['rows']:,} rows", ours["wall_s"], base["wall_s"],
-                "<= 90 s", ours["wall_s"]["median"] <= 90),
-            Row("e2e-full", "peak RSS MB, process tree", ours["peak_rss_mb"],
-                base["peak_rss_mb"], "< 2048 MB", ours["peak_rss_mb"]["max"] < 2048, digits=0),
-            Row("e2e-full", "warehouse load s (once, not in wall)", result["warehouse_load_s"])]
+    """e2e-full: wall <= 90 s and <= 1.3x, peak PSS < 1.5 GB."""
+    return _rows("e2e-full", f"{result['rows']:,} rows", result, 90, 1.3, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from pipeline.launcher_values import launcher_dict, launcher_value
 from pipeline.settings import SettingsError, platform
 from pipeline.vertex.study import tuning_job_fields
 
+LOCAL_PROJECT_ID = "local"  # the project of local runs, accepted besides GCP's project ids
+_GCP_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _BQ_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _BQ_PROJECT = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]")
 _ML_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
@@ -58,6 +60,12 @@ def validate_source_table(value: str) -> None:
 def validate(params: Mapping[str, str], platform: str = "caip") -> None:
     """Raise ParameterError for the first parameter value that cannot work on `platform`
     (caip or vertex: on Vertex AI the tuning settings must also translate to a study)."""
+    if "project_id" in params:
+        project = params["project_id"]
+        _require(project == LOCAL_PROJECT_ID or bool(_GCP_PROJECT_ID.fullmatch(project)),
+                 f"project_id {project!r} is not a GCP project id; use 6-30 lowercase letters, "
+                 f"digits or hyphens, starting with a letter and not ending with a hyphen "
+                 f"(or {LOCAL_PROJECT_ID} for a local run)")
     if "source_table_name" in params:
         validate_source_table(params["source_table_name"])
     for name in _TEXT_FLAGS:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import duckdb
 import pytest
@@ -46,6 +48,12 @@ PARAMETERS = [
     ("version_id=v01\"", "version_id 'v01\"' is not an AI Platform name"),
     ("gcs_root=/tmp/../etc", "gcs_root '/tmp/../etc' is not a folder URI"),
     ("replace_existing_version=maybe", "replace_existing_version 'maybe' is not a boolean"),
+    ("project_id=[/bold]", "project_id '[/bold]' is not a GCP project id; use 6-30 lowercase"),
+    ("project_id=My-Project", "project_id 'My-Project' is not a GCP project id"),
+    ("project_id=abcde", "project_id 'abcde' is not a GCP project id"),
+    ("project_id=my-project-", "project_id 'my-project-' is not a GCP project id"),
+    ("project_id=1-project", "project_id '1-project' is not a GCP project id"),
+    (f"project_id=a{'b' * 30}", f"project_id 'a{'b' * 30}' is not a GCP project id"),
 ]
 
 
@@ -116,3 +124,39 @@ def test_bad_source_tables(bad_tables, compiled_package, table, message):
         schemas = {row[0] for row in warehouse.sql("SELECT schema_name FROM duckdb_schemas()")
                    .fetchall()}
     assert "splits" not in schemas and "bad" in schemas
+
+
+@pytest.mark.parametrize("project_id, accepted", [
+    ("local", True), ("my-project", True), ("abcdef", True), (f"a{'b' * 29}", True),
+    ("my-project-", False), ("[/bold]", False), ("local-", False), ("", False),
+])
+def test_project_id_as_make_run_checks_it(project_id, accepted):
+    """`python -m pipeline.parameters` is what `make run` calls before submitting."""
+    result = subprocess.run([sys.executable, "-m", "pipeline.parameters",
+                             f"project_id={project_id}"], capture_output=True, text=True)
+    assert result.returncode == (0 if accepted else 2), result.stderr
+    if not accepted:
+        assert result.stderr.splitlines() == [
+            f"error: project_id {project_id!r} is not a GCP project id; use 6-30 lowercase "
+            "letters, digits or hyphens, starting with a letter and not ending with a hyphen "
+            "(or local for a local run)"]
+
+
+def test_markup_in_user_text_is_printed_as_text(tmp_path, compiled_package):
+    """Rich markup in a parameter reaches the step notes and the run record: the run's
+    summary, `runs show` and `runs list` print it literally (it once crashed them for good)."""
+    home = tmp_path / "home"
+    (tmp_path / "blocker").write_text("a file where the run wants a folder")
+    root = f"{tmp_path}/blocker/[/bold]x[red]"
+    result = covertype(home, "run", "--local", "--package", str(compiled_package), "--rows",
+                       "5000", "--param", f"gcs_root={root}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "MarkupError" not in result.stderr
+    assert f"cannot write {root}/datasets/" in result.stdout
+    (run_id,) = [path.name for path in (home / "runs").iterdir()]
+    shown = covertype(home, "runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"gcs_root = {root}" in shown.stdout
+    assert f"cannot write {root}/datasets/" in shown.stdout
+    listed = covertype(home, "runs", "list")
+    assert listed.returncode == 0 and run_id in listed.stdout

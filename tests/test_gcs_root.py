@@ -12,6 +12,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from test_local_run import covertype, only_run
 
+from pipeline.local.records import RunStore
 from pipeline.local.registry import Registry
 
 BUCKET = "covertype-test"
@@ -47,9 +48,9 @@ def storage_emulator(monkeypatch):
 def test_pipeline_with_gs_root(tmp_path, compiled_package, storage_emulator):
     client, host = storage_emulator
     home = tmp_path / "home"
-    result = covertype(home, "run", "--local", "--package", str(compiled_package), "--rows",
-                       "20000", "--param", f"gcs_root=gs://{BUCKET}/staging",
-                       env={"STORAGE_EMULATOR_HOST": host})
+    args = ["run", "--local", "--package", str(compiled_package), "--rows", "20000", "--param",
+            f"gcs_root=gs://{BUCKET}/staging"]
+    result = covertype(home, *args, env={"STORAGE_EMULATOR_HOST": host})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Could not determine bucket type" not in result.stderr
     record = only_run(home)
@@ -62,3 +63,14 @@ def test_pipeline_with_gs_root(tmp_path, compiled_package, storage_emulator):
     assert version["deploymentUri"] == f"gs://{BUCKET}/staging/jobdir/{record.run_id}"
     assert artifact.read_bytes() == client.bucket(BUCKET).blob(model_blob).download_as_bytes()
     assert not (home / "gcs").exists() or not any((home / "gcs").rglob("*.csv"))
+
+    # The step cache keeps gs:// outputs by content: an object rewritten since is put back.
+    testing = client.bucket(BUCKET).blob("staging/datasets/testing/data.csv")
+    original = testing.download_as_bytes()
+    testing.upload_from_string(b"Elevation\n1\n")
+    again = covertype(home, *args, env={"STORAGE_EMULATOR_HOST": host})
+    assert again.returncode == 0, again.stdout + again.stderr
+    steps = RunStore(home / "runs").list()[0].steps
+    assert {name for name, step in steps.items() if step.reused == "cache"} == {
+        "create-training-split", "create-validation-split", "create-testing-split"}
+    assert testing.download_as_bytes() == original

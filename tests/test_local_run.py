@@ -4,14 +4,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from sklearn.metrics import accuracy_score
 
 from pipeline import schema
+from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.registry import Registry
 from pipeline.local.summary import RunSummary
@@ -106,6 +109,35 @@ def test_runs_list_and_show(deployed):
     assert missing.stderr.strip().splitlines() == [
         f"covertype: error: no run 'nope' under {home / 'runs'}; "
         "list runs with `covertype runs list`"]
+
+
+def test_run_browser_renders_the_real_run(deployed, monkeypatch):
+    """The run page of the run above, over real HTTP: its steps, its trials, its metric."""
+    home, _ = deployed
+    record = only_run(home)
+    job_id = record.steps["tune-hyperparameters"].outputs["tune-hyperparameters-job_id"]
+    trials = json.loads((home / "jobs" / job_id / "job.json").read_text())["job"][
+        "trainingOutput"]["trials"]
+    best = max(trials, key=lambda trial: trial["finalMetric"]["objectiveValue"])
+    metric = float(record.steps["evaluate-model"].outputs["evaluate-model-metric_value"])
+    monkeypatch.setenv("COVERTYPE_HOME", str(home))
+    with EmulatorServer(home=home) as server:
+        page = httpx.get(f"{server.url}/runs/{record.run_id}", timeout=30)
+        listing = httpx.get(f"{server.url}/", timeout=30)
+    assert page.status_code == listing.status_code == 200
+    html = page.text
+    nodes = dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)"', html))
+    assert nodes == {name: "succeeded" for name in record.steps}
+    assert set(re.findall(r'<tr id="step-([^"]+)"', html)) == set(record.steps)
+    assert sorted(re.findall(r'<tr id="trial-(\d+)"', html), key=int) == sorted(
+        (trial["trialId"] for trial in trials), key=int)
+    assert len(trials) == 6
+    assert f'<tr id="trial-{best["trialId"]}" class="best">' in html
+    assert re.search(rf'id="metric-vs-threshold">accuracy <b>{metric:.4f}</b> &gt; threshold '
+                     r"0\.69", html)
+    assert ('id="deployed-version"><code>projects/local/models/covertype_classifier/versions/'
+            "v01</code>") in html
+    assert f'href="/runs/{record.run_id}"' in listing.text
 
 
 def test_gate_keeps_a_model_below_the_threshold_out(deployed, compiled_package):

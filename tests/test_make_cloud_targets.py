@@ -25,7 +25,7 @@ LOCAL_IMAGE = re.compile(r"covertype/[a-z_]+:local")
 LOCAL_IMAGES_ERROR = ("error: {package} names local images; set PROJECT_ID (or BASE_IMAGE and "
                       "TRAINER_IMAGE) and run make upload again")
 HEALTHZ = ("GET", f"{API}/healthz")
-CLOUD = {"PROJECT_ID": "demo", "GCS_STAGING_PATH": "gs://bucket/staging"}
+CLOUD = {"PROJECT_ID": "demo-project", "GCS_STAGING_PATH": "gs://bucket/staging"}
 HYPERTUNE = json.dumps({"hyperparameters": {
     "goal": "MAXIMIZE", "maxTrials": 2, "maxParallelTrials": 1,
     "hyperparameterMetricTag": "accuracy",
@@ -82,7 +82,7 @@ def api(tmp_path, monkeypatch):
 
 
 def test_upload_sends_the_compiled_package_under_pipeline_name(tmp_path, api, workflow):
-    result = make("upload", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo")
+    result = make("upload", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo-project")
 
     assert result.returncode == 0, result.stderr
     assert calls(api) == [HEALTHZ, ("GET", f"{API}/pipelines"),
@@ -98,7 +98,8 @@ def test_upload_sends_the_compiled_package_under_pipeline_name(tmp_path, api, wo
     assert spec_of(sent)["name"] == spec_of(workflow)["name"] == "Covertype Classifier Training"
     assert sent["spec"]["arguments"] == workflow["spec"]["arguments"]
     text = content.decode()
-    assert "gcr.io/demo/base_image:latest" in text and "gcr.io/demo/trainer_image:latest" in text
+    assert "gcr.io/demo-project/base_image:latest" in text
+    assert "gcr.io/demo-project/trainer_image:latest" in text
     assert not LOCAL_IMAGE.search(text)
     (pipeline_id,) = api.pipelines
     assert f"Uploaded pipeline {PIPELINE_NAME}: pipeline id {pipeline_id}" in result.stdout
@@ -121,7 +122,7 @@ def test_a_second_upload_of_the_name_sends_a_new_version(tmp_path, api, workflow
     assert api.pipelines == [pipeline_id]
 
 
-@pytest.mark.parametrize("images", [{}, {"BASE_IMAGE": "gcr.io/demo/base_image:latest"}],
+@pytest.mark.parametrize("images", [{}, {"BASE_IMAGE": "gcr.io/demo-project/base_image:latest"}],
                          ids=["no-project", "trainer-image-still-local"])
 def test_upload_refuses_a_package_naming_local_images(tmp_path, api, images):
     result = make("upload", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, **images)
@@ -161,7 +162,7 @@ def test_run_submits_every_parameter_to_the_named_pipeline(tmp_path, api, workfl
     assert body["resource_references"] == [
         {"key": {"id": experiment_id, "type": "EXPERIMENT"}, "relationship": "OWNER"}]
     expected = {
-        "project_id": "demo", "gcs_root": "gs://bucket/staging", "region": "us-central1",
+        "project_id": "demo-project", "gcs_root": "gs://bucket/staging", "region": "us-central1",
         "source_table_name": "covertype_dataset.covertype", "dataset_id": "splits",
         "evaluation_metric_name": "accuracy", "evaluation_metric_threshold": "0.75",
         "model_id": "covertype_classifier", "version_id": "v02",
@@ -178,7 +179,7 @@ def test_run_with_pipeline_id_reuses_the_experiment_and_sends_no_hypertune(
     pipeline_id = api.add_pipeline("uploaded by hand", workflow)
     experiment_id = api.add_experiment("nightly")
 
-    result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo",
+    result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, PROJECT_ID="demo-project",
                   ARTIFACT_STORE="gs://artifacts", PIPELINE_ID=pipeline_id,
                   EXPERIMENT_NAME="nightly", RUN_NAME="nightly-7")
 
@@ -257,10 +258,11 @@ def test_cloud_targets_stop_without_their_settings(tmp_path, api, target, missin
     ({"EVALUATION_METRIC_THRESHOLD": "high"}, "evaluation_metric_threshold 'high' is not a number"),
     ({"VERSION_ID": "v1;drop"}, "version_id 'v1;drop' is not an AI Platform name"),
     ({"HYPERTUNE_SETTINGS": "{'goal': True"}, "hypertune_settings is neither JSON nor a Python"),
+    ({"PROJECT_ID": "demo"}, "project_id 'demo' is not a GCP project id"),
 ])
 def test_run_refuses_bad_parameters_before_sending(tmp_path, api, workflow, overrides, message):
     api.add_pipeline("covertype_continuous_training", workflow)
-    result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, **CLOUD, **overrides)
+    result = make("run", tmp_path, INVERSE_PROXY_HOSTNAME=api.url, **{**CLOUD, **overrides})
     assert result.returncode != 0
     assert result.stderr.splitlines()[0].startswith(f"error: {message}")
     assert api.requests == []

@@ -53,20 +53,28 @@ def test_dag_order(workflow):
     assert set(_dag(workflow, "condition-1")) == {"deploy-model"}
 
 
-def test_parameters_and_defaults(workflow):
-    from pipeline.covertype_training_pipeline import HYPERTUNE_SETTINGS
+# The lab's tuning job (README, "Parameters"): 6 trials, 3 in parallel, max_iter {500, 1000},
+# alpha 1e-4..1e-3 on a linear scale, maximising accuracy, with early stopping.
+LAB_HYPERTUNE_SETTINGS = {"hyperparameters": {
+    "goal": "MAXIMIZE", "maxTrials": 6, "maxParallelTrials": 3,
+    "hyperparameterMetricTag": "accuracy", "enableTrialEarlyStopping": True,
+    "params": [
+        {"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [500, 1000]},
+        {"parameterName": "alpha", "type": "DOUBLE", "minValue": 0.0001, "maxValue": 0.001,
+         "scaleType": "UNIT_LINEAR_SCALE"}]}}
 
+
+def test_parameters_and_defaults(workflow):
     params = {p["name"]: p.get("value") for p in workflow["spec"]["arguments"]["parameters"]}
+    settings = params.pop("hypertune_settings")
     assert params == {
         "project_id": None, "gcs_root": None, "region": "us-central1",
         "source_table_name": "covertype_dataset.covertype", "dataset_id": "splits",
         "evaluation_metric_name": "accuracy", "evaluation_metric_threshold": "0.69",
         "model_id": "covertype_classifier", "version_id": "v01",
-        "replace_existing_version": "True", "hypertune_settings": params["hypertune_settings"],
-        "dataset_location": "US",
+        "replace_existing_version": "True", "dataset_location": "US",
     }
-    assert json.loads(params["hypertune_settings"]) == HYPERTUNE_SETTINGS  # JSON, not Python
-    assert HYPERTUNE_SETTINGS["hyperparameters"]["enableTrialEarlyStopping"] is True
+    assert json.loads(settings) == LAB_HYPERTUNE_SETTINGS  # JSON (true), not Python (True)
 
 
 def test_split_queries_and_paths(workflow):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `covertype` console script."""
     from pipeline.cli import bq, run, serve
+    from pipeline.local.processes import RunInterrupted
 
     parser = argparse.ArgumentParser(prog="covertype", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -19,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"covertype: error: {error}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print(f"covertype: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print(f"covertype: {RunInterrupted(signal.SIGINT)}", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""`covertype run --local` and `covertype runs list|show`."""
+"""`covertype run --local` and `covertype runs list|show`.
+
+Text from users, records and logs is escaped (`rich.markup.escape`) wherever rich would read
+it as markup.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +20,8 @@ from pipeline.errors import one_line
 from pipeline.local import records
 from pipeline.local.data import LAB_ROWS, parse_rows
 from pipeline.local.home import local_home
-from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.processes import RunInterrupted, signals_raise
+from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
 from pipeline.local.summary import RunSummary, steps_in_order
 
 OUTPUT_WIDTH = 80  # longer output values are shortened in the summary
@@ -99,7 +105,7 @@ class Progress:
 
     def start(self, record: RunRecord) -> None:
         self.record = record
-        self.console.print(f"Run [bold]{record.run_id}[/] started")
+        self.console.print(f"Run [bold]{escape(record.run_id)}[/] started")
         if self.console.is_terminal:
             self.live = Live(self._table(), console=self.console, refresh_per_second=4,
                              get_renderable=self._table)
@@ -145,16 +151,32 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(console)
     callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
                  "use_cache": not args.no_cache, "images": images}
-    try:
-        if args.resume:
-            record = resume_local(args.resume, **callbacks)
-        else:
-            record = run_local(Path(args.package) if args.package else None, params, rows,
-                               run_id=args.run_id, **callbacks)
-    finally:
-        progress.stop()
-    print_summary(console, record)
+    with signals_raise():
+        try:
+            try:
+                if args.resume:
+                    record = resume_local(args.resume, **callbacks)
+                else:
+                    record = run_local(Path(args.package) if args.package else None, params,
+                                       rows, run_id=args.run_id, **callbacks)
+            finally:
+                progress.stop()
+        except RunInterrupted as stop:
+            return _report_interrupted(console, stop)
+        print_summary(console, record)
     return 0 if record.status == records.SUCCEEDED else 1
+
+
+def _report_interrupted(console: Console, stop: RunInterrupted) -> int:
+    """The summary of an interrupted run, ending with how to continue it; 128 + signal."""
+    if stop.record is None:
+        print(f"covertype: {stop} before the run started; nothing to resume", file=sys.stderr)
+    else:
+        print_summary(console, stop.record)
+        text = str(stop)
+        console.print(f"{text[0].upper()}{text[1:]}. Continue with: "
+                      f"{resume_command(stop.record.run_id)}", markup=False)
+    return stop.exit_code
 
 
 def print_summary(console: Console, record: RunRecord) -> None:
@@ -165,7 +187,8 @@ def print_summary(console: Console, record: RunRecord) -> None:
     store = RunStore()
     style = STATUS_STYLE.get(record.status, "")
     took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
-    console.print(f"\nRun [bold]{record.run_id}[/]: [{style}]{record.status}[/]{took}")
+    console.print(f"\nRun [bold]{escape(record.run_id)}[/]: [{style}]{escape(record.status)}[/]"
+                  f"{took}")
     if record.message:
         console.print(f"  {record.message}", markup=False)
     table = Table("step", "status", "duration", "note", box=None)
@@ -233,6 +256,6 @@ def _show(args: argparse.Namespace) -> int:
     folder = RunStore().folder(record.run_id)
     for step in record.steps.values():
         if step.log:
-            console.print(f"  log {step.name}: {folder / step.log}")
+            console.print(f"  log {step.name}: {folder / step.log}", markup=False)
     return 0
 

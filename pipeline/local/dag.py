@@ -37,6 +37,7 @@ from pipeline.local.argo import (
     substitute,
     substitute_item,
 )
+from pipeline.local.processes import RunInterrupted
 from pipeline.local.records import RunRecord, RunStore, StepRecord
 from pipeline.local.workflow import Workflow
 
@@ -97,7 +98,8 @@ class DagEngine:
                          if workflow.deadline_s is not None else None)
         self.pods = (threading.BoundedSemaphore(workflow.parallelism)
                      if workflow.parallelism > 0 else None)
-        self.stopping = threading.Event()  # set on Ctrl-C: start nothing new
+        self.stopping = threading.Event()  # set on a stop or a failure: start nothing new
+        self.stop_error: BaseException | None = None  # the stop (RunInterrupted), if any
         self.entry = Node(key="", stack=(workflow.entrypoint,))
         self._declare_dag(workflow.entrypoint, self.entry)
         self.exit: Node | None = None
@@ -112,6 +114,11 @@ class DagEngine:
                 self._declare_dag(workflow.on_exit, self.exit)
 
     # The run --------------------------------------------------------------------------------
+    def stop(self, error: BaseException) -> None:
+        """A stop signal ends the run: no step starts any more; they raise `error` instead."""
+        self.stop_error = error
+        self.stopping.set()
+
     def run(self) -> None:
         """Run the entrypoint, then the exit handler; raise StepFailed if the run failed."""
         failure: Exception | None = None
@@ -300,6 +307,8 @@ class DagEngine:
                 self.stopping.set()
                 raise
         errors = [future.exception() for future in futures if future.exception()]
+        if stops := [error for error in errors if isinstance(error, RunInterrupted)]:
+            raise stops[0]
         if errors:
             raise self._fail(group, str(errors[0]))
         values: dict[str, list[str]] = {}
@@ -358,6 +367,8 @@ class DagEngine:
         """Run a template for a step: a sub-DAG here, a container through the runner."""
         try:
             scope = {**self._template_scope(template_name, parameters, artifacts), **extra}
+            if self.stop_error is not None:
+                raise self.stop_error  # the step stays Pending: a resume runs it
             if self.stopping.is_set():
                 raise StepFailed(f"step {step.name} did not start: the run is stopping")
             if (not node.exit_handler and self.deadline is not None
@@ -378,6 +389,8 @@ class DagEngine:
                 self.run_container(step, self.workflow.templates[template_name], scope,
                                    artifacts, None if node.exit_handler else self.deadline)
             self.on_step(step)
+        except RunInterrupted:
+            raise  # not a failure of the step: the runner records it Interrupted
         except StepFailed as error:
             if step.status != records.FAILED:
                 self._fail(step, str(error))

@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.parameters import LOCAL_PROJECT_ID  # noqa: F401 - the local runs' project
+
 HOME_ENV = "COVERTYPE_HOME"
-LOCAL_PROJECT_ID = "local"
 
 
 def local_home() -> Path:

@@ -14,7 +14,6 @@ outlives its server.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from pipeline.local.errors import InvalidArgument
 from pipeline.local.home import HOME_ENV, runs_dir
 from pipeline.local.kfp_store import KfpStore, Run, now
 from pipeline.local.owner import owner_alive
+from pipeline.local.processes import signal_on_parent_death
 from pipeline.local.records import RunRecord, RunStore
 
 DEFAULT_PARALLEL = max(1, min(4, os.cpu_count() or 1))
@@ -184,7 +184,7 @@ class RunLauncher:
         with open(self.store.run_log(run_id), "wb") as log:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=_stop_with_server(os.getpid()))
+                                    preexec_fn=signal_on_parent_death(signal.SIGINT, os.getpid()))
 
     def _reap(self, run_id: str, process: subprocess.Popen) -> None:
         code = process.wait()
@@ -213,17 +213,3 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
         os.killpg(process.pid, signum)
     except (ProcessLookupError, PermissionError):
         pass  # the group has ended
-
-
-def _stop_with_server(server_pid: int):
-    """preexec_fn: on Linux, the child gets SIGINT when the server process goes away."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT))
-        if os.getppid() != server_pid:  # the server died before the signal was armed
-            os._exit(1)
-
-    return arm

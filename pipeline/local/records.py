@@ -20,8 +20,9 @@ from pipeline.local.home import runs_dir
 from pipeline.local.owner import current_owner, owner_alive
 
 RUN_FILE = "run.json"
-# Step and run states follow Argo's node phases; Interrupted is a run (or step) whose runner
-# process died without finishing it (kill -9, power loss): resume it.
+# Step and run states follow Argo's node phases; Interrupted is a run (or step) stopped by a
+# signal (Ctrl-C, SIGTERM) or whose runner process died without finishing it (kill -9, power
+# loss): resume it.
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, OMITTED, INTERRUPTED = (
     "Pending", "Running", "Succeeded", "Failed", "Skipped", "Omitted", "Interrupted")
 
@@ -33,6 +34,11 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def new_run_id() -> str:
     """Sortable, unique: UTC time plus a random suffix."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def resume_command(run_id: str) -> str:
+    """The command that continues a failed or interrupted run."""
+    return f"covertype run --local --resume {run_id}"
 
 
 def _now() -> str:
@@ -57,6 +63,9 @@ class StepRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     log: str = ""
     reused: str = ""  # "cache" or "resume" when the step's outputs were reused, not recomputed
+    # sha256 of each file an output parameter names (e.g. a split CSV): a resumed run checks
+    # that no other run has changed them since.
+    files: dict[str, str] = field(default_factory=dict)
     component: str = ""  # what it runs, e.g. gcp/ml_engine/deploy (pipeline/local/roles.py)
     role: str = ""  # what it does: tuning, training, deploy, query, evaluation or ''
 
@@ -86,8 +95,7 @@ class RunRecord:
         if record.status == RUNNING and not owner_alive(record.owner):
             record.status = INTERRUPTED
             record.message = (f"the runner (pid {record.owner.get('pid')}) stopped before the "
-                              f"run finished; resume it: covertype run --local --resume "
-                              f"{record.run_id}")
+                              f"run finished; resume it: {resume_command(record.run_id)}")
             for step in record.steps.values():
                 if step.status == RUNNING:
                     step.status = INTERRUPTED

@@ -12,15 +12,16 @@ from pathlib import Path
 
 from pipeline.atomic import write_atomic
 from pipeline.local import data, records
-from pipeline.local.cache import StepCache
+from pipeline.local.cache import StepCache, changed_files
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.errors import InvalidArgument
 from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage_root
 from pipeline.local.owner import current_owner
 from pipeline.local.package import load_package
+from pipeline.local.processes import RunProcesses
 from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
 from pipeline.local.runner import LOCAL_MODULES, LineCallback, LocalRunner, StepCallback
-from pipeline.local.services import training_service
+from pipeline.local.services import training_engine
 from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
@@ -122,10 +123,15 @@ def resume_local(run_id: str, on_step: StepCallback | None = None,
     workflow = Workflow.load(store.folder(run_id) / PACKAGE_FILE)
     for step in record.steps.values():
         if step.status == records.SUCCEEDED:
+            changed = changed_files(step.files)
+            if changed:
+                raise ValueError(f"cannot resume run {run_id}: {changed[0]}, an output of its "
+                                 f"step {step.name}, has changed since (another run wrote it); "
+                                 "start a new run")
             step.reused = "resume"
         else:
-            step.status, step.message, step.outputs, step.artifacts = (
-                records.PENDING, "", {}, {})
+            step.status, step.message, step.outputs, step.artifacts, step.files = (
+                records.PENDING, "", {}, {}, {})
             step.start, step.end, step.duration_s = "", "", None
     record.status, record.message, record.end, record.duration_s = records.RUNNING, "", "", None
     record.owner = current_owner()
@@ -138,16 +144,20 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
              use_cache: bool, on_step: StepCallback | None, on_line: LineCallback | None,
              on_start: Callable[[RunRecord], None] | None,
              images: Mapping[str, str] | None) -> RunRecord:
+    """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted)."""
     if on_start:
         on_start(record)
     cache = StepCache(cache_dir(home)) if use_cache else None
-    with EmulatorServer(home, images=images) as emulator:
+    processes = RunProcesses()
+    with processes.stop_on_signals(), EmulatorServer(home, images=images) as emulator:
+        engine = training_engine(emulator.app)
+        processes.on_stop(engine.close)  # its trials and trainer zygote end with the run
         if _runs_gcp_components(workflow):
             # Preload the trainer (pandas, scikit-learn) while the first steps run.
-            threading.Thread(target=training_service(emulator.app).zygote, daemon=True).start()
+            threading.Thread(target=engine.zygote, daemon=True).start()
             threading.Thread(target=_preload_deploy_libraries, daemon=True).start()
         return LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
-                           cache).run()
+                           cache, processes).run()
 
 
 def _runs_gcp_components(workflow: Workflow) -> bool:

@@ -4,7 +4,8 @@ The DAG engine (`dag.py`) walks the workflow with Argo's semantics; this module 
 container step's own command as a local process (the GCP launcher is swapped for
 `pipeline.local.launcher`) with its retryStrategy and activeDeadlineSeconds, passes its
 parameters and artifacts, and keeps the run record. The local AI Platform emulator serves
-the run's training and deploy calls.
+the run's training and deploy calls. A stop signal (see `pipeline.local.processes`) ends the
+run as Interrupted, ready to resume.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from typing import Any
 from pipeline.errors import one_line
 from pipeline.local import fixed_paths, records, roles
 from pipeline.local.argo import RetryStrategy, WorkflowError, substitute
-from pipeline.local.cache import CacheEntry, StepCache, step_key
+from pipeline.local.cache import CacheEntry, StepCache, output_digests, step_key
 from pipeline.local.dag import DagEngine, StepCallback, StepFailed
 from pipeline.local.home import local_home
 from pipeline.local.launcher import STEP_ROOT_ENV
-from pipeline.local.records import RunRecord, RunStore, StepRecord
+from pipeline.local.processes import RunInterrupted, RunProcesses
+from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
 from pipeline.local.workflow import Workflow
 from pipeline.ml_client import EMULATOR_HOST_ENV, VERTEX_EMULATOR_HOST_ENV
 
@@ -45,9 +47,11 @@ class LocalRunner:
 
     def __init__(self, workflow: Workflow, record: RunRecord, store: RunStore,
                  emulator_url: str, on_step: StepCallback | None = None,
-                 on_line: LineCallback | None = None, cache: StepCache | None = None) -> None:
+                 on_line: LineCallback | None = None, cache: StepCache | None = None,
+                 processes: RunProcesses | None = None) -> None:
         self.workflow = workflow
         self.cache = cache
+        self.processes = processes or RunProcesses()
         self.record = record
         self.store = store
         self.emulator_url = emulator_url
@@ -55,23 +59,47 @@ class LocalRunner:
         self.on_line = on_line or (lambda step, line: None)
         self.folder = store.folder(record.run_id)
         self.engine = DagEngine(workflow, record, store, self._run_container, self.on_step)
+        self.processes.on_stop(lambda: self.engine.stop(self._stop()))
 
     def run(self) -> RunRecord:
-        """Execute the entrypoint DAG and the exit handler; the record says how it ended."""
+        """Execute the entrypoint DAG and the exit handler; the record says how it ended.
+
+        Raises:
+            RunInterrupted: a stop signal ended the run (recorded Interrupted first).
+        """
         self.store.save(self.record)
         try:
             self.engine.run()
-        except (StepFailed, WorkflowError) as error:
+        except BaseException as error:
+            if self.processes.stop_signal is not None:
+                raise self._interrupted(self._stop()) from None
             self._close_pending(records.OMITTED)
-            self.store.run_finished(self.record, records.FAILED, str(error))
-        except BaseException:
-            self._close_pending(records.OMITTED)
-            self.store.run_finished(self.record, records.FAILED, "interrupted")
+            if isinstance(error, StepFailed | WorkflowError):
+                self.store.run_finished(self.record, records.FAILED, str(error))
+                return self.record
+            self.store.run_finished(self.record, records.FAILED,
+                                    f"the local runner crashed: {one_line(error)}")
             raise
-        else:
-            self._close_pending(records.SKIPPED)
-            self.store.run_finished(self.record, records.SUCCEEDED)
+        self._close_pending(records.SKIPPED)
+        self.store.run_finished(self.record, records.SUCCEEDED)
         return self.record
+
+    def _stop(self) -> RunInterrupted:
+        assert self.processes.stop_signal is not None
+        return RunInterrupted(self.processes.stop_signal)
+
+    def _interrupted(self, stop: RunInterrupted) -> RunInterrupted:
+        """Record the run and the steps the stop cut short as Interrupted; return `stop`."""
+        note = str(stop)
+        for step in self.record.steps.values():
+            if step.status == records.RUNNING:
+                self.store.step_finished(self.record, step, records.INTERRUPTED, note)
+                self.on_step(step)
+        self._close_pending(records.OMITTED)
+        self.store.run_finished(self.record, records.INTERRUPTED,
+                                f"{note}; continue with: {resume_command(self.record.run_id)}")
+        stop.record = self.record
+        return stop
 
     def _close_pending(self, status: str) -> None:
         for step in self.record.steps.values():
@@ -131,10 +159,12 @@ class LocalRunner:
             inputs = {item["name"]: Path(artifacts[item["name"]]) for item in
                       template.get("inputs", {}).get("artifacts", [])
                       if not artifacts.get(item["name"], "raw:").startswith("raw:")}
-            key = step_key(container, resolved, step_env, inputs)
-            entry = self.cache.lookup(key)
+            key = step_key(step.name, container, resolved, step_env, inputs)
+            targets = {item["name"]: Path(mapping[item["path"]])
+                       for item in outputs.get("artifacts", [])}
+            entry = self.cache.restore(key, targets) if key is not None else None
             if entry is not None:
-                self._restore(step, entry, outputs, mapping)
+                self._restore(step, entry)
                 return
         first_start, attempt = time.monotonic(), 0
         while True:
@@ -178,21 +208,17 @@ class LocalRunner:
         step.artifacts = {item["name"]: mapping[item["path"]]
                           for item in outputs.get("artifacts", [])
                           if Path(mapping[item["path"]]).exists()}
+        step.files = output_digests(step.outputs)
         self.store.step_finished(self.record, step, records.SUCCEEDED)
         if key is not None:
             self.cache.store(key, step.outputs, step.artifacts)
 
-    def _restore(self, step: StepRecord, entry: CacheEntry, outputs: dict[str, Any],
-                 mapping: dict[str, str]) -> None:
-        """Finish a step from the cache: its artifacts copied into place, its outputs reused."""
+    def _restore(self, step: StepRecord, entry: CacheEntry) -> None:
+        """Finish a step from the cache (its outputs already put back in place)."""
         self.store.step_started(self.record, step)
-        for item in outputs.get("artifacts", []):
-            if item["name"] in entry.artifacts:
-                target = Path(mapping[item["path"]])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(entry.artifacts[item["name"]], target)
-                step.artifacts[item["name"]] = str(target)
+        step.artifacts = dict(entry.artifacts)
         step.outputs = dict(entry.outputs)
+        step.files = output_digests(step.outputs)
         step.reused = "cache"
         step.attempts -= 1
         self.store.step_finished(self.record, step, records.SUCCEEDED,
@@ -237,6 +263,9 @@ class LocalRunner:
 
         Returns its exit code (None if it was killed at `timeout` seconds, with everything it
         started) and the last lines of its output. `note` goes first in the log.
+
+        Raises:
+            RunInterrupted: the run is stopping, and this process did not succeed.
         """
         tail: list[str] = []
         with open(cwd / "log.txt", "a" if attempt else "w") as log:
@@ -244,31 +273,43 @@ class LocalRunner:
                 log.write(f"--- retry {attempt} ---\n")
             if note:
                 log.write(note + "\n")
-            process = subprocess.Popen(command, cwd=cwd, env=dict(env), text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
-            killed = threading.Event()
+            process = self.processes.popen(command, cwd=cwd, env=dict(env), text=True,
+                                           errors="replace", stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                code, killed = self._follow(step, process, log, tail, timeout)
+            finally:
+                self.processes.release(process)
+        if code and self.processes.stop_signal is not None:
+            raise RunInterrupted(self.processes.stop_signal)
+        return (None if killed else code), [line for line in tail if line.strip()]
 
-            def kill() -> None:
-                if process.poll() is None:
-                    killed.set()
-                    _kill_tree(process.pid)
+    def _follow(self, step: StepRecord, process: subprocess.Popen, log: Any, tail: list[str],
+                timeout: float | None) -> tuple[int, bool]:
+        """Stream a process's output to its log and the progress callback until it ends;
+        (exit code, whether it was killed at `timeout` seconds with everything it started)."""
+        killed = threading.Event()
 
-            timer = threading.Timer(timeout, kill) if timeout is not None else None
-            if timer:
-                timer.daemon = True
-                timer.start()
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                line = line.rstrip("\n")
-                tail = (tail + [line])[-LOG_TAIL_LINES:]
-                self.on_line(step, line)
-            code = process.wait()
-            if timer:
-                timer.cancel()
-            return (None if killed.is_set() else code), [line for line in tail if line.strip()]
+        def kill() -> None:
+            if process.poll() is None:
+                killed.set()
+                _kill_tree(process.pid)
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            line = line.rstrip("\n")
+            tail[:] = (tail + [line])[-LOG_TAIL_LINES:]
+            self.on_line(step, line)
+        code = process.wait()
+        if timer:
+            timer.cancel()
+        return code, killed.is_set()
 
 
 def _timeout(template: dict[str, Any], deadline: float | None) -> tuple[float | None, str]:

@@ -41,6 +41,7 @@ from pipeline.atomic import write_atomic
 from pipeline.local.errors import AlreadyExists, FailedPrecondition, NotFound
 from pipeline.local.home import jobs_dir, storage_root
 from pipeline.local.owner import current_owner, owner_alive
+from pipeline.local.processes import die_with_parent
 from pipeline.local.storage import resolve_in_storage
 from pipeline.local.trainer_zygote import TrainerZygote
 from pipeline.local.training_run import (
@@ -51,7 +52,6 @@ from pipeline.local.training_run import (
     TRAINER_PROGRAM,
     JobRun,
     JobTask,
-    die_with_parent,
     now,
     program_for_image,
     save,

@@ -11,7 +11,6 @@ process starts a fresh interpreter instead.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 from pipeline.atomic import write_atomic
 from pipeline.hypertune import TuningSpec
 from pipeline.local.errors import InvalidArgument
+from pipeline.local.processes import die_with_parent
 from pipeline.local.trainer_zygote import ForkedChild, TrainerZygote
 from pipeline.local.tuning import Suggestion, Tuner, final_metric, seed_for
 from pipeline.trainer import TRAIN_PY
@@ -107,13 +107,6 @@ class JobTask:
     trial_env: Callable[[str], dict[str, str]] | None = None
     replica: str = "master"
     max_failed_name: str = "maxFailedTrials"
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGKILL it when the service's process dies, so a
-    killed runner leaves no orphan trials (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
 def save(folder: Path, record: dict) -> None:
