@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fire.parser import DefaultParseValue
-
 # Google's JSON parser reads these texts in a boolean field as the booleans (what fire makes of
 # JSON's true and false inside a dict).
 _BOOLEAN_TEXTS = {"true": True, "false": False}
@@ -22,6 +20,8 @@ _BOOLEAN_TEXTS = {"true": True, "false": False}
 
 def launcher_value(text: str) -> Any:
     """One flag value as the launcher's fire hands it to the action."""
+    from fire.parser import DefaultParseValue  # here: the rest of this module is stdlib only
+
     return DefaultParseValue(text)
 
 

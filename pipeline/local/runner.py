@@ -142,7 +142,9 @@ class LocalRunner:
                     "PYTHONUNBUFFERED": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
         # Paths the program uses without naming them: a private /tmp, else one step at a time.
-        unnamed = fixed_paths.unnamed(mapping, "\n".join([*resolved, *step_env.values()]))
+        # (A local stand-in module writes its fixed outputs below STEP_ROOT_ENV.)
+        unnamed = [] if set(LOCAL_MODULES) & set(resolved) else fixed_paths.unnamed(
+            mapping, "\n".join([*resolved, *step_env.values()]))
         private = (fixed_paths.private_tmp_command(command, root / "tmp", self._needed(step_dir),
                                                    fixed_paths.env_paths(env))
                    if unnamed and all(map(fixed_paths.under_tmp, unnamed))

@@ -67,14 +67,11 @@ def tuning_job_fields(training_input: Any) -> dict[str, Any]:
         raise HypertuneSpecError(f"{_WHERE}.hyperparameters.resumePreviousJobId has no Vertex AI "
                                  "equivalent (a Vertex AI study cannot resume an AI Platform "
                                  "job); remove it")
-    early_stopping = google_boolean(raw.get("enableTrialEarlyStopping", False))
-    if early_stopping is None:
-        raise HypertuneSpecError(f"{_WHERE}.hyperparameters.enableTrialEarlyStopping is "
-                                 f"{raw['enableTrialEarlyStopping']!r}; use true or false")
     for index, param in enumerate(raw.get("params") or []):
         if isinstance(param, dict):
             _refuse_unknown(param, PARAM_FIELDS, f"{_WHERE}.hyperparameters.params[{index}]")
     spec = parse_spec(raw)
+    early_stopping = google_boolean(raw.get("enableTrialEarlyStopping", False))
     study: dict[str, Any] = {
         "metrics": [{"metricId": spec.metric_tag, "goal": spec.goal}],
         "parameters": [_parameter(param, raw["params"][index])
