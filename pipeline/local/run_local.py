@@ -147,7 +147,9 @@ def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
     """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted)."""
     if on_start:
         on_start(record)
-    cache = StepCache(cache_dir(home)) if use_cache else None
+    # The step cache keys a step by this checkout's code; programs mapped with --image lie
+    # outside it, so a run that maps images reuses nothing.
+    cache = StepCache(cache_dir(home)) if use_cache and not images else None
     processes = RunProcesses()
     with processes.stop_on_signals(), EmulatorServer(home, images=images) as emulator:
         engine = training_engine(emulator.app)
