@@ -146,8 +146,9 @@ def test_markup_in_user_text_is_printed_as_text(tmp_path, compiled_package):
     """Rich markup in a parameter reaches the step notes and the run record: the run's
     summary, `runs show` and `runs list` print it literally (it once crashed them for good)."""
     home = tmp_path / "home"
-    (tmp_path / "blocker").write_text("a file where the run wants a folder")
-    root = f"{tmp_path}/blocker/[/bold]x[red]"
+    (home / "gcs").mkdir(parents=True)  # inside the storage root, so the run starts
+    (home / "gcs" / "blocker").write_text("a file where the run wants a folder")
+    root = f"{home}/gcs/blocker/[/bold]x[red]"
     result = covertype(home, "run", "--local", "--package", str(compiled_package), "--rows",
                        "5000", "--param", f"gcs_root={root}")
     assert result.returncode == 1, result.stdout + result.stderr

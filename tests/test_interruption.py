@@ -28,6 +28,7 @@ from test_local_run import COVERTYPE, covertype
 from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.registry import Registry
 from pipeline.local.summary import RunSummary
+from pipeline.local.training import render_job
 from pipeline.local.tuning_jobs import tuning_job
 
 ROWS = "20000"
@@ -152,7 +153,7 @@ def test_ctrl_c_stops_the_whole_run_and_says_how_to_resume(tmp_path, compiled_pa
     assert (tune.status, tune.message) == ("Interrupted", "interrupted by Ctrl-C (SIGINT)")
     assert {record.steps[name].status for name in ("evaluate-model", "deploy-model")} == {
         "Omitted"}
-    (job,) = [json.loads(path.read_text())["job"] for path in home.glob("jobs/*/job.json")]
+    (job,) = [render_job(json.loads(path.read_text())) for path in home.glob("jobs/*/job.json")]
     assert job["state"] == "FAILED" and "interrupted" in job["errorMessage"]
     shown = covertype(home, "runs", "show", record.run_id)
     assert shown.returncode == 0 and "interrupted by Ctrl-C (SIGINT)" in shown.stdout

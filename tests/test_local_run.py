@@ -116,8 +116,8 @@ def test_run_browser_renders_the_real_run(deployed, monkeypatch):
     home, _ = deployed
     record = only_run(home)
     job_id = record.steps["tune-hyperparameters"].outputs["tune-hyperparameters-job_id"]
-    trials = json.loads((home / "jobs" / job_id / "job.json").read_text())["job"][
-        "trainingOutput"]["trials"]
+    job = render_job(json.loads((home / "jobs" / job_id / "job.json").read_text()))
+    trials = job["trainingOutput"]["trials"]
     best = max(trials, key=lambda trial: trial["finalMetric"]["objectiveValue"])
     metric = float(record.steps["evaluate-model"].outputs["evaluate-model-metric_value"])
     monkeypatch.setenv("COVERTYPE_HOME", str(home))
