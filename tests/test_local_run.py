@@ -126,7 +126,7 @@ def test_run_browser_renders_the_real_run(deployed, monkeypatch):
         listing = httpx.get(f"{server.url}/", timeout=30)
     assert page.status_code == listing.status_code == 200
     html = page.text
-    nodes = dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)"', html))
+    nodes = dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)[^"]*"', html))
     assert nodes == {name: "succeeded" for name in record.steps}
     assert set(re.findall(r'<tr id="step-([^"]+)"', html)) == set(record.steps)
     assert sorted(re.findall(r'<tr id="trial-(\d+)"', html), key=int) == sorted(
