@@ -86,19 +86,21 @@ def private_tmp_command(command: list[str], private: Path, needed: Iterable[Path
     """
     keep: set[Path] = set()
     for path in needed:
-        resolved = Path(path).resolve()
-        if resolved == TMP:
+        forms = _forms(path)
+        if TMP in forms:
             return None
-        if under_tmp(resolved):
-            keep.add(resolved)
+        keep |= {form for form in forms if under_tmp(form)}
     for path in optional:
-        resolved = Path(path).resolve()
-        if under_tmp(resolved) and resolved.exists():
-            keep.add(resolved)
+        keep |= {form for form in _forms(path) if under_tmp(form) and form.exists()}
     outermost = sorted(path for path in keep
                        if not any(path != other and path.is_relative_to(other) for other in keep))
     flags = [part for path in outermost for part in ("--keep", str(path))]
     return [sys.executable, "-m", __name__, "--tmp", str(private), *flags, "--", *command]
+
+
+def _forms(path: Path) -> set[Path]:
+    """A path as named (made absolute) and with its symlinks resolved: a step may use either."""
+    return {Path(os.path.abspath(path)), Path(path).resolve()}
 
 
 @contextmanager
