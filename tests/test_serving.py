@@ -5,6 +5,7 @@ the bundled test split; `covertype serve` runs as a subprocess for the load test
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -30,6 +31,8 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.neighbors import NearestCentroid
 
 from pipeline import schema
+from pipeline.local.emulator.app import create_app
+from pipeline.local.emulator.predict import PredictShortcut
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import registry_dir, storage_root
 from pipeline.local.prediction import (
@@ -523,6 +526,34 @@ def _same_answers(url: str, client: httpx.Client) -> None:
             ours, app = (http.request(method, path, content=body) for http in (served, client))
             assert (ours.status_code, ours.headers.get("X-Model-Version"), ours.content) == (
                 app.status_code, app.headers.get("X-Model-Version"), app.content), path
+
+
+def test_app_routes_answer_as_the_shortcut(home, registry) -> None:
+    """An app served without PredictShortcut answers :predict through FastAPI's routes, byte for
+    byte as the shortcut does (ml v1 and aiplatform v1)."""
+    good = json.dumps({"instances": [GOOD, OBJECT]}).encode()
+    requests = [(PREDICT.format("covertype"), good),
+                ("/v1/projects/local/models/covertype/versions/v1:predict", good),
+                (PREDICT.format("covertype"), b"{not json"),
+                ("/v1/projects/local/models/covertype/versions/v7:predict", good),
+                (PREDICT.format("bad-name"), good),
+                ("/v1/projects/other/models/covertype:predict", good),
+                ("/v1/projects/local/locations/us-central1/endpoints/404:predict", good)]
+    app = create_app(home)
+
+    async def answers(asgi) -> list[tuple]:
+        transport = httpx.ASGITransport(app=asgi)
+        found = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            for path, body in requests:
+                response = await http.post(path, content=body, headers=JSON_TYPE)
+                found.append((response.status_code, response.headers.raw, response.content))
+        return found
+
+    routed, shortcut = asyncio.run(answers(app)), asyncio.run(answers(PredictShortcut(app)))
+    assert routed == shortcut
+    assert [status for status, _, _ in routed] == [200, 200, 400, 404, 400, 404, 404]
+    assert (b"x-model-version", b"v1") in routed[0][1]
 
 
 def _load(url: str, pid: int, registry: Registry, folders: dict, models: dict,

@@ -117,7 +117,7 @@ def create_app(settings: ContainerSettings, model: ServedModel) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from pipeline.local.prediction import PredictionError, parse_instances
+    from pipeline.local.instances import PredictionError, parse_instances
 
     async def health(_: Request) -> JSONResponse:
         if model.predictor is None:

@@ -32,16 +32,11 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from pipeline.local.emulator.asgi import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN_ENV = "COVERTYPE_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -91,6 +86,9 @@ ROUTE_RULES = (
     RouteRule(re.compile(r"/.*"), JSON, 10 << 20,
               "this server's API request limit, BigQuery's 10 MB"),
 )
+# Content-Type values that are exactly a media type, as most clients send them: their media
+# type without parsing
+_PLAIN_MEDIA = {media.encode(): media for rule in ROUTE_RULES for media in rule.content_types}
 _STATUS_NAMES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 413: "INVALID_ARGUMENT",
                  415: "INVALID_ARGUMENT"}
 
@@ -206,7 +204,8 @@ class Guard:
         headers = _headers(scope)
         try:
             self._check_caller(scope, headers)
-            body = await check_body(scope, headers, receive, self._rule(scope["path"]))
+            rule = self._rule(scope["path"])
+            body = await read_limited(receive, rule) if must_read(scope, headers, rule) else None
         except Refusal as refusal:
             await _refuse(send, scope["path"], refusal, receive)
             return
@@ -285,23 +284,35 @@ async def check_body(scope: Scope, headers: dict[bytes, bytes], receive: Receive
                      rule: RouteRule) -> bytes | None:
     """A streamed body, read here up to `rule.limit` bytes; None when the app may read the
     body itself: there is none, or its Content-Length is within the limit."""
+    return await read_limited(receive, rule) if must_read(scope, headers, rule) else None
+
+
+def must_read(scope: Scope, headers: dict[bytes, bytes], rule: RouteRule) -> bool:
+    """Check the body's Content-Type and declared Content-Length against `rule`; True when the
+    body is streamed (chunked, or of no numeric length) and must be read here to bound it."""
     length = headers.get(b"content-length")
     chunked = b"transfer-encoding" in headers
     has_body = chunked or (length is not None and length.strip() not in (b"", b"0"))
     content_type = headers.get(b"content-type")
     if scope["method"] not in SAFE_METHODS and (has_body or content_type is not None):
-        media = (content_type or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        media = _PLAIN_MEDIA.get(content_type) or (
+            (content_type or b"").split(b";", 1)[0].strip().lower().decode("latin-1"))
         if media not in rule.content_types:
             wanted = " or ".join(rule.content_types)
             raise Refusal(415, f"Content-Type {_shown(media) if media else '(none)'} is not "
                                f"accepted by {scope['method']} {scope['path']}; send the body "
                                f"as {wanted} with Content-Type: {rule.content_types[0]}")
     if not has_body:
-        return None
+        return False
     if not chunked and length is not None and length.isdigit():
         if int(length) > rule.limit:
             raise _too_large(rule)
-        return None  # the HTTP parser delivers exactly Content-Length bytes, no more
+        return False  # the HTTP parser delivers exactly Content-Length bytes, no more
+    return True
+
+
+async def read_limited(receive: Receive, rule: RouteRule) -> bytes:
+    """The whole streamed body, refused as soon as it passes `rule.limit` bytes."""
     chunks, size = [], 0
     while True:
         message = await receive()

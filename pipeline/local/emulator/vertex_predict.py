@@ -17,7 +17,6 @@ model is kept as long as it is deployed (Vertex AI models do not change once upl
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -25,17 +24,25 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.local.emulator.asgi import (
+    ASGIApp,
+    Receive,
+    Send,
+    as_asgi,
+    encode_json,
+    error_json,
+    read_body,
+    send_json,
+)
 from pipeline.local.emulator.predict import PREDICT_OPENAPI, RequestRoute
 from pipeline.local.errors import ServiceError
+from pipeline.local.instances import PredictionError, parse_instances
 from pipeline.local.prediction import (
     ONNX,
-    PredictionError,
     Predictor,
     load_predictor,
-    parse_instances,
 )
 from pipeline.local.registry import ARTIFACT_NAMES
 from pipeline.local.services import vertex_endpoints
@@ -149,21 +156,22 @@ class ServedEndpoints:
         return load_predictor(model, artifact, self.cache_dir), model
 
 
-def served_endpoints(request: Request) -> ServedEndpoints:
+def served_endpoints(app: Any) -> ServedEndpoints:
     """The app's ServedEndpoints, over the same endpoints as the endpoint routes."""
-    state = request.app.state
+    state = app.state
     if getattr(state, "served_endpoints", None) is None:
-        state.served_endpoints = ServedEndpoints(vertex_endpoints(request.app),
-                                                 state.home / "cache")
+        state.served_endpoints = ServedEndpoints(vertex_endpoints(app), state.home / "cache")
     return state.served_endpoints
 
 
-async def predict(request: Request, project: str, location: str, endpoint: str) -> Response:
-    """Answer one endpoints.predict request."""
+async def answer_predict(served: ServedEndpoints, project: str, location: str, endpoint: str,
+                         receive: Receive, send: Send) -> None:
+    """Answer one endpoints.predict request with ASGI messages (see emulator/asgi.py)."""
+    raw = await read_body(receive)  # bounded by the security layer (1.5 MB)
+    if raw is None:
+        return  # the client has gone
     try:
-        raw = await request.body()  # bounded by the security layer (1.5 MB)
-        deployed, predictor, model = await served_endpoints(request).pick(project, location,
-                                                                           endpoint)
+        deployed, predictor, model = await served.pick(project, location, endpoint)
         instances = parse_instances(raw)
         if predictor.path == ONNX:
             predictions = predictor.predict(instances)
@@ -172,18 +180,20 @@ async def predict(request: Request, project: str, location: str, endpoint: str) 
     except PredictionError as error:
         body: dict[str, Any] = {"code": error.status, "message": str(error),
                                 "status": error.reason}
-        return JSONResponse({"error": body}, status_code=error.status)
-    content = json.dumps({"predictions": predictions, "deployedModelId": deployed["id"],
-                          "model": model["name"], "modelDisplayName": model["displayName"],
-                          "modelVersionId": model["versionId"]}, separators=(",", ":"))
-    return Response(content, media_type="application/json",
-                    headers={"X-Deployed-Model-Id": deployed["id"],
-                             "X-Prediction-Path": predictor.path})
+        await send_json(send, error.status, error_json({"error": body}))
+        return
+    content = encode_json({"predictions": predictions, "deployedModelId": deployed["id"],
+                           "model": model["name"], "modelDisplayName": model["displayName"],
+                           "modelVersionId": model["versionId"]})
+    await send_json(send, 200, content, [
+        (b"x-deployed-model-id", deployed["id"].encode("latin-1")),
+        (b"x-prediction-path", predictor.path.encode("latin-1"))])
 
 
 @router.post("/v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict",
-             summary="endpoints.predict", openapi_extra=_OPENAPI)
-async def predict_route(request: Request) -> Response:
+             summary="endpoints.predict", response_model=None, openapi_extra=_OPENAPI)
+async def predict_route(request: Request) -> ASGIApp:
     """endpoints.predict"""
     params = request.path_params
-    return await predict(request, params["project"], params["location"], params["endpoint"])
+    return as_asgi(answer_predict, served_endpoints(request.app), params["project"],
+                   params["location"], params["endpoint"])
