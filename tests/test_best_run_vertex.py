@@ -1,25 +1,154 @@
 """retrieve_best_run on a Vertex AI HyperparameterTuningJob (its resource name as job_id).
 
-Google's client over the packaged aiplatform v1 document; its HTTP answers come from
-HttpMockSequence (until the local stand-in is merged), job bodies shaped by the document.
+The main cases read real tuning jobs of the local Vertex AI stand-in (tests/vertex_api.py):
+grid searches whose trials run the real trainer on 2,000/500 bundled rows, one trial of each
+failing (max_iter=0, which the trainer refuses) so it ends INFEASIBLE. Jobs the stand-in never
+returns (odd trials, malformed studies, a job caught running) are recorded answers shaped by
+the discovery document.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 
 import pytest
-from googleapiclient.http import HttpMockSequence
 from kfp.components import func_to_container_op
-from vertex_shapes import problems
+from vertex_api import (
+    PARENT,
+    PROJECT,
+    TRAINER,
+    Recorded,
+    conforms,
+    serve_stand_in,
+    write_datasets,
+)
 
 from pipeline import helper_components, ml_client
 
-PROJECT = "my-project"
+ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 JOB = "projects/123456789/locations/europe-west4/hyperparameterTuningJobs/8812"
 URI = f"https://europe-west4-aiplatform.googleapis.com/v1/{JOB}?alt=json"
 
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    with serve_stand_in(tmp_path_factory.mktemp("home")) as running:
+        yield running
+
+
+def grid_search(stand_in, goal: str, max_iters: list[int]) -> dict:
+    """Run a grid search over `max_iters` on the stand-in to its end; the finished job."""
+    datasets = write_datasets(stand_in.storage / "datasets")
+    body = {
+        "displayName": f"grid-{goal.lower()}",
+        "studySpec": {"metrics": [{"metricId": "accuracy", "goal": goal}],
+                      "parameters": [{"parameterId": "max_iter",
+                                      "discreteValueSpec": {"values": max_iters}},
+                                     {"parameterId": "alpha",
+                                      "discreteValueSpec": {"values": [0.0005]}}],
+                      "algorithm": "GRID_SEARCH"},
+        "maxTrialCount": len(max_iters), "parallelTrialCount": len(max_iters),
+        "trialJobSpec": {
+            "workerPoolSpecs": [{"machineSpec": {"machineType": "n1-standard-4"},
+                                 "replicaCount": "1", "containerSpec": {
+                                     "imageUri": TRAINER, "args": [
+                                         "--training_dataset_path", datasets[0],
+                                         "--validation_dataset_path", datasets[1],
+                                         "--hptune", "True"]}}],
+            "baseOutputDirectory": {"outputUriPrefix": str(
+                stand_in.storage / "jobdir" / f"grid-{goal.lower()}-{len(max_iters)}")}},
+    }
+    name = stand_in.create("hyperparameterTuningJobs", body)["name"]
+    deadline = time.monotonic() + 300
+    while (job := stand_in.get(name))["state"] not in ENDED:
+        assert time.monotonic() < deadline, f"{name} is still {job['state']}"
+        time.sleep(0.2)
+    return job
+
+
+@pytest.fixture(scope="module")
+def maximized(stand_in) -> dict:
+    return grid_search(stand_in, "MAXIMIZE", [0, 5, 10])
+
+
+def succeeded(job: dict) -> dict[float, dict[str, float]]:
+    """{final accuracy: parameters} of the job's SUCCEEDED trials."""
+    return {trial["finalMeasurement"]["metrics"][0]["value"]:
+            {item["parameterId"]: item["value"] for item in trial["parameters"]}
+            for trial in job["trials"] if trial["state"] == "SUCCEEDED"}
+
+
+def test_picks_the_best_succeeded_trial_and_skips_the_failed_one(maximized, capsys):
+    states = sorted(trial["state"] for trial in maximized["trials"])
+    assert (maximized["state"], states) == ("JOB_STATE_SUCCEEDED",
+                                            ["INFEASIBLE", "SUCCEEDED", "SUCCEEDED"])
+    scores = succeeded(maximized)
+    best = max(scores)
+
+    outputs = helper_components.retrieve_best_run(PROJECT, maximized["name"])
+
+    assert outputs == (best, scores[best]["alpha"], scores[best]["max_iter"])
+    assert isinstance(outputs.max_iter, int)
+    assert (f"Best trial of {maximized['name']} (MAXIMIZE, 2 of 3 trials usable)"
+            in capsys.readouterr().out)
+
+
+def test_minimize_picks_the_lowest(stand_in):
+    job = grid_search(stand_in, "MINIMIZE", [0, 5, 10])
+    scores = succeeded(job)
+    lowest = min(scores)
+
+    assert helper_components.retrieve_best_run(PROJECT, job["name"]) == (
+        lowest, scores[lowest]["alpha"], scores[lowest]["max_iter"])
+
+
+def test_a_failed_job_is_a_one_line_error_with_its_message(stand_in):
+    job = grid_search(stand_in, "MAXIMIZE", [0])
+    assert job["state"] == "JOB_STATE_FAILED"
+
+    with pytest.raises(ValueError) as error:
+        helper_components.retrieve_best_run(PROJECT, job["name"])
+
+    message = " ".join(job["error"]["message"].split())
+    assert str(error.value) == (
+        f"job {job['name']} is JOB_STATE_FAILED ({message}), not JOB_STATE_SUCCEEDED; wait for "
+        "it to finish or fix its failure and re-run the tuning step")
+
+
+def test_a_missing_job_names_the_job_and_the_fix(stand_in):
+    name = f"{PARENT}/hyperparameterTuningJobs/404404404"
+
+    with pytest.raises(RuntimeError) as error:
+        helper_components.retrieve_best_run(PROJECT, name)
+
+    text = str(error.value)
+    assert text.startswith(f"getting job {name} failed: HTTP 404 ") and "\n" not in text
+    assert text.endswith("; check project_id and job_id (the tuning step's job_id output)")
+
+
+def test_the_component_program_writes_the_same_outputs(maximized, monkeypatch, tmp_path):
+    container = func_to_container_op(helper_components.retrieve_best_run).component_spec \
+        .implementation.container
+    assert container.args[:4:2] == ["--project-id", "--job-id"]
+    outputs = {name: tmp_path / name / "data" for name in ("metric_value", "alpha", "max_iter")}
+    program = container.command[3]
+    best = max(succeeded(maximized))
+
+    # The program runs in this process, against the stand-in.
+    monkeypatch.setattr(sys, "argv", ["retrieve_best_run", "--project-id", PROJECT, "--job-id",
+                                      maximized["name"], "----output-paths",
+                                      *map(str, outputs.values())])
+    exec(compile(program, "retrieve_best_run", "exec"), {"__name__": "__main__"})
+
+    written = {name: path.read_text() for name, path in outputs.items()}
+    assert written == {"metric_value": str(best),
+                       "alpha": str(succeeded(maximized)[best]["alpha"]),
+                       "max_iter": str(int(succeeded(maximized)[best]["max_iter"]))}
+    assert sorted(os.listdir(tmp_path)) == ["alpha", "max_iter", "metric_value"]
+
+
+# ---- recorded answers: jobs the stand-in never returns ------------------------------------
 
 def trial(ident: str, value: float | None, alpha=0.0005, max_iter=500, state="SUCCEEDED",
           metric="accuracy") -> dict:
@@ -42,27 +171,20 @@ def tuning_job(trials: list, goal="MAXIMIZE", state="JOB_STATE_SUCCEEDED", **ext
                           {"parameterId": "alpha",
                            "doubleValueSpec": {"minValue": 0.0001, "maxValue": 0.001}}]},
         "maxTrialCount": 6, "parallelTrialCount": 3, "trials": trials, **extra}
-    assert problems("HyperparameterTuningJob", body) == []
+    conforms("HyperparameterTuningJob", body)
     return body
 
 
 @pytest.fixture
-def vertex_api(monkeypatch):
-    """Answer hyperparameterTuningJobs.get with (status, body); return the mock http."""
-    monkeypatch.delenv(ml_client.VERTEX_EMULATOR_HOST_ENV, raising=False)
-
-    def serve(body: dict, status: int = 200) -> HttpMockSequence:
-        http = HttpMockSequence([({"status": str(status)}, json.dumps(body))])
-        build = ml_client.aiplatform_service
-        monkeypatch.setattr(ml_client, "aiplatform_service",
-                            lambda region, http_=None: build(region, http=http))
-        return http
-
-    return serve
+def recorded(monkeypatch):
+    """Answer hyperparameterTuningJobs.get with one recorded job; return the recorder."""
+    return lambda body: Recorded(monkeypatch, [body])
 
 
-def test_picks_the_best_succeeded_trial_by_the_study_metric(vertex_api, capsys):
-    http = vertex_api(tuning_job([
+def test_trials_the_stand_in_never_returns_are_skipped(recorded, capsys):
+    """Recorded: a SUCCEEDED trial without the study's metric, an ACTIVE trial with a measured
+    value, an INFEASIBLE one with a final measurement, and a non-finite value."""
+    vertex = recorded(tuning_job([
         trial("1", 0.70, 0.0001, 500),
         trial("2", 0.74, 0.00075, 1000.0),
         trial("3", 0.99, 0.0009, 500, state="INFEASIBLE"),
@@ -75,25 +197,14 @@ def test_picks_the_best_succeeded_trial_by_the_study_metric(vertex_api, capsys):
     outputs = helper_components.retrieve_best_run(PROJECT, JOB)
 
     assert outputs == (0.74, 0.00075, 1000)
-    assert isinstance(outputs.max_iter, int)
-    assert [(uri, method) for uri, method, _, _ in http.request_sequence] == [(URI, "GET")]
-    printed = capsys.readouterr().out
-    assert f"Best trial of {JOB} (MAXIMIZE, 2 of 6 trials usable)" in printed
-
-
-def test_minimize_picks_the_lowest(vertex_api):
-    vertex_api(tuning_job([trial("1", 0.4, 0.0002), trial("2", 0.2, 0.0003),
-                           trial("3", 0.3)], goal="MINIMIZE"))
-
-    assert helper_components.retrieve_best_run(PROJECT, JOB) == (0.2, 0.0003, 500)
+    assert [(uri, method) for uri, method, _, _ in vertex.http.request_sequence] == [
+        (URI, "GET")]
+    assert f"Best trial of {JOB} (MAXIMIZE, 2 of 6 trials usable)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("job", "expected"), [
     (tuning_job([], state="JOB_STATE_RUNNING"),
      f"job {JOB} is JOB_STATE_RUNNING, not JOB_STATE_SUCCEEDED; wait for it to finish"),
-    (tuning_job([trial("1", 0.7)], state="JOB_STATE_FAILED",
-                error={"code": 9, "message": "2 trials failed.\nSee logs."}),
-     f"job {JOB} is JOB_STATE_FAILED (2 trials failed. See logs.), not JOB_STATE_SUCCEEDED"),
     (tuning_job([trial("1", 0.7, state="INFEASIBLE")]),
      f"job {JOB} has no SUCCEEDED trial with a final 'accuracy' metric among 1 trials"),
     (tuning_job([trial("1", 0.7, metric="training/hptuning/metric")]),
@@ -106,25 +217,15 @@ def test_minimize_picks_the_lowest(vertex_api):
     ({**tuning_job([]), "studySpec": {"metrics": [], "parameters": []}},
      f"job {JOB} has 0 study metrics; the pipeline tunes one metric"),
 ])
-def test_unusable_jobs_are_one_line_errors(vertex_api, job, expected):
-    vertex_api(job)
+def test_unusable_jobs_are_one_line_errors(recorded, job, expected):
+    """Recorded: a job caught running (the stand-in's jobs end on their own schedule), a
+    succeeded job without a usable trial, and studies the stand-in refuses to run."""
+    recorded(job)
 
     with pytest.raises(ValueError) as error:
         helper_components.retrieve_best_run(PROJECT, JOB)
 
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
-
-
-def test_api_errors_name_the_job_and_the_fix(vertex_api):
-    vertex_api({"error": {"code": 404, "message": "HyperparameterTuningJob not found.",
-                          "status": "NOT_FOUND"}}, status=404)
-
-    with pytest.raises(RuntimeError) as error:
-        helper_components.retrieve_best_run(PROJECT, JOB)
-
-    assert str(error.value) == (f"getting job {JOB} failed: HTTP 404 HyperparameterTuningJob "
-                                "not found.; check project_id and job_id (the tuning step's "
-                                "job_id output)")
 
 
 def test_an_unreachable_stand_in_is_named(monkeypatch):
@@ -136,19 +237,14 @@ def test_an_unreachable_stand_in_is_named(monkeypatch):
     assert str(error.value).endswith(f"; check the network or {ml_client.VERTEX_EMULATOR_HOST_ENV}")
 
 
-def test_the_component_program_writes_the_same_outputs(vertex_api, monkeypatch, tmp_path):
-    vertex_api(tuning_job([trial("1", 0.70), trial("2", 0.74, 0.0002, 1000)]))
-    container = func_to_container_op(helper_components.retrieve_best_run).component_spec \
-        .implementation.container
-    assert container.args[:4:2] == ["--project-id", "--job-id"]
-    outputs = {name: tmp_path / name / "data" for name in ("metric_value", "alpha", "max_iter")}
-    program = container.command[3]
+def test_api_errors_other_than_missing_name_the_fix(monkeypatch):
+    """Recorded answer: the stand-in has no permissions to deny (HTTP 403)."""
+    Recorded(monkeypatch, [(403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                            "message": "Permission denied."}})])
 
-    # The program runs in this process so the mocked API answers it.
-    monkeypatch.setattr(sys, "argv", ["retrieve_best_run", "--project-id", PROJECT, "--job-id",
-                                      JOB, "----output-paths", *map(str, outputs.values())])
-    exec(compile(program, "retrieve_best_run", "exec"), {"__name__": "__main__"})
+    with pytest.raises(RuntimeError) as error:
+        helper_components.retrieve_best_run(PROJECT, JOB)
 
-    written = {name: path.read_text() for name, path in outputs.items()}
-    assert written == {"metric_value": "0.74", "alpha": "0.0002", "max_iter": "1000"}
-    assert sorted(os.listdir(tmp_path)) == ["alpha", "max_iter", "metric_value"]
+    assert str(error.value) == (f"getting job {JOB} failed: HTTP 403 Permission denied.; check "
+                                "the pipeline's service account may read Vertex AI tuning jobs")
+

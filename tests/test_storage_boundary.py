@@ -15,15 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import BUNDLED_CSV
 from googleapiclient.errors import HttpError
 from test_local_run import covertype
 
+from pipeline import schema
 from pipeline.hypertune import HYPERTUNE_SETTINGS
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import jobs_dir, registry_dir, storage_root
 from pipeline.local.storage import EMULATOR_ENV, resolve_in_storage
 from pipeline.local.tuning import MAX_TRIALS, parallel_trial_limit
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
+from pipeline.trainer import load_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "gcr.io/local/trainer_image:latest"
@@ -84,7 +87,7 @@ def _layouts(home: Path, outside: Path) -> dict[str, str]:
         "symlinked model file": str(storage / "linked_file"),
         "file URL": f"file://{outside}",
         "http URL": "http://127.0.0.1:9/models/m",
-        "gs:// without a storage emulator": "gs://bucket/models/m",
+        "gs:// out of its bucket": "gs://linked_folder/model.pkl",
         "relative": "outside",
         "the home itself": str(home),
     }
@@ -106,6 +109,29 @@ def test_deployment_uri_outside_the_storage_root_is_never_read(place) -> None:
             case, message)
     assert (_tree(outside), _tree(registry_dir(home))) == before
     assert versions.list(parent="projects/local/models/m").execute() == {}
+
+
+def _fitted_model() -> object:
+    """The trainer's Pipeline fitted on a few bundled rows."""
+    trainer = load_trainer()
+    frame = schema.read_dataset(str(BUNDLED_CSV)).iloc[:2000]
+    return trainer.build_model().fit(trainer.model_input(frame), frame[schema.LABEL_COLUMN])
+
+
+def test_gs_uris_without_an_emulator_are_the_local_storage(place) -> None:
+    """With no storage emulator configured, gs://BUCKET/PATH is the folder BUCKET/PATH of the
+    storage root, as a local step's gs:// sees it: a model there deploys."""
+    ml, home, outside, marker = place
+    folder = storage_root(home) / "bucket" / "models" / "good"
+    folder.mkdir(parents=True)
+    (folder / "model.pkl").write_bytes(pickle.dumps(_fitted_model()))
+    version = ml.projects().models().versions()
+    operation = version.create(parent="projects/local/models/m", body={
+        "name": "v1", "deploymentUri": "gs://bucket/models/good"}).execute()
+    assert operation["done"] is True and "error" not in operation
+    assert (registry_dir(home) / "m" / "versions" / "v1" / "model.pkl").read_bytes() == (
+        folder / "model.pkl").read_bytes()
+    assert not marker.exists()
 
 
 def test_the_marker_does_catch_a_load_inside_the_root(place) -> None:
@@ -244,12 +270,14 @@ def test_the_pipeline_default_runs_on_any_machine() -> None:
 
 @pytest.mark.parametrize(("gcs_root", "message"), [
     ("/tmp/elsewhere", "gcs_root /tmp/elsewhere is outside the project's storage; use a folder "
-                       "under {storage} (the local storage root)"),
+                       "under {storage} (the local storage root) or gs://BUCKET/FOLDER (its "
+                       "folder BUCKET)"),
     ("{home}/runs", "gcs_root {home}/runs is outside the project's storage; use a folder "
-                    "under {storage} (the local storage root)"),
-    ("gs://bucket/staging", "gcs_root gs://bucket/staging is a gs:// URI but no storage emulator "
-                            "is configured (STORAGE_EMULATOR_HOST); use a folder under {storage} "
-                            "(the local storage root)"),
+                    "under {storage} (the local storage root) or gs://BUCKET/FOLDER (its "
+                    "folder BUCKET)"),
+    ("gs://bucket/staging/../../../runs", "gcs_root 'gs://bucket/staging/../../../runs' is not a "
+                                          "folder URI; use gs://bucket/folder or an absolute "
+                                          "local path, without '..', quotes or a trailing slash"),
 ])
 def test_a_local_run_refuses_a_gcs_root_outside_the_storage(tmp_path: Path, compiled_package: Path,
                                                             gcs_root: str, message: str) -> None:

@@ -1,69 +1,118 @@
-"""The Vertex AI components' launcher: request payloads, retries, waiting, errors.
+"""The Vertex AI job components (tuning job, custom job) and their launcher.
 
-Request bodies are built by small functions tested without HTTP. The flows run Google's own
-client built from the packaged aiplatform v1 discovery document; until the local Vertex AI
-stand-in is merged, its HTTP answers come from googleapiclient's HttpMockSequence (the only
-fake, at the client boundary), with bodies shaped by the document (checked by vertex_shapes).
+Request bodies are built by small functions tested without HTTP. The flows run the components
+against the local Vertex AI stand-in (tests/vertex_api.py): real jobs of the real trainer on
+2,000/500 bundled rows, on the same training core as local runs; the tests check the
+components' outputs and what the stand-in holds afterwards (jobs, their labels, states, trials).
+A few cases the stand-in cannot produce use recorded answers; those tests say why.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 from vertex_api import (
-    ARGS,
     CUSTOM_JOB,
     FILTER,
     LABELS,
-    MODEL,
     NODE,
     PARENT,
     PROJECT,
     REGION,
     RUN,
-    SERVING,
-    STUDY,
     TRAINER,
-    TUNING,
-    TUNING_JOB,
-    Api,
+    Recorded,
+    conforms,
     job,
+    label_filter,
+    serve_stand_in,
+    step_identity,
+    write_datasets,
 )
-from vertex_shapes import problems
 
 from pipeline import ml_client
+from pipeline.errors import one_line
 from pipeline.vertex import deploy, jobs, launcher, train, tune
-from pipeline.vertex.client import CUSTOM_JOBS, VertexClient, VertexError
+from pipeline.vertex.client import CUSTOM_JOBS, TUNING_JOBS, VertexClient, VertexError
+
+TUNING = {"hyperparameters": {
+    "goal": "MAXIMIZE", "maxTrials": 2, "maxParallelTrials": 2,
+    "hyperparameterMetricTag": "accuracy", "enableTrialEarlyStopping": True,
+    "params": [{"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [5, 10]},
+               {"parameterName": "alpha", "type": "DOUBLE", "minValue": 0.0001,
+                "maxValue": 0.001, "scaleType": "UNIT_LINEAR_SCALE"}]}}
+STUDY = {
+    "metrics": [{"metricId": "accuracy", "goal": "MAXIMIZE"}],
+    "parameters": [
+        {"parameterId": "max_iter", "discreteValueSpec": {"values": [5, 10]},
+         "scaleType": "UNIT_LINEAR_SCALE"},
+        {"parameterId": "alpha", "doubleValueSpec": {"minValue": 0.0001, "maxValue": 0.001},
+         "scaleType": "UNIT_LINEAR_SCALE"}],
+    "algorithm": "ALGORITHM_UNSPECIFIED",
+    "decayCurveStoppingSpec": {"useElapsedDuration": False},
+}
+ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
-@pytest.fixture(autouse=True)
-def step(monkeypatch):
-    """A step of a KFP run: run id and (retry-suffixed) node name, no emulator switch."""
-    monkeypatch.setenv(jobs.RUN_ENV, RUN)
-    monkeypatch.setenv(jobs.NODE_ENV, NODE + "(1)")
-    monkeypatch.delenv(ml_client.VERTEX_EMULATOR_HOST_ENV, raising=False)
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    with serve_stand_in(tmp_path_factory.mktemp("home")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def datasets(stand_in) -> tuple[str, str]:
+    return write_datasets(stand_in.storage / "datasets")
 
 
 @pytest.fixture
-def api(monkeypatch):
-    return lambda *answers: Api(monkeypatch, list(answers))
+def run(monkeypatch) -> str:
+    """This test's KFP run: a fresh run id, so the stand-in's jobs of other tests never match."""
+    monkeypatch.setenv(jobs.NODE_ENV, NODE + "(1)")  # an attempt after the first
+    run_id = str(uuid.uuid4())
+    monkeypatch.setenv(jobs.RUN_ENV, run_id)
+    return run_id
 
 
-# ---- the shape checker itself -------------------------------------------------------------
+def args(datasets: tuple[str, str], hptune: bool = True) -> list[str]:
+    return ["--training_dataset_path", datasets[0], "--validation_dataset_path", datasets[1],
+            "--hptune", str(hptune)]
 
-def test_the_shape_checker_finds_what_the_document_refuses():
-    found = problems("HyperparameterTuningJob", {
-        "maxTrialCount": "6", "studySpec": {"algorithm": "BAYES", "metricz": []},
-        "trialJobSpec": {"workerPoolSpecs": [{"replicaCount": 1}]}, "labels": {"a": 1}})
-    assert [problem.split(".", 1)[1] for problem in found] == [
-        "maxTrialCount is '6', not an integer",
-        "studySpec.algorithm is 'BAYES', not one of the enum",
-        "studySpec.metricz is not a field",
-        "trialJobSpec.workerPoolSpecs[0].replicaCount is 1, not a string (int64 is a JSON string)",
-        "labels[a] is 1, not a string"]
+
+def tune_inputs(stand_in, datasets, run: str, **overrides) -> dict[str, str]:
+    return {"project_id": PROJECT, "region": REGION, "worker_image_uri": TRAINER,
+            "args": json.dumps(args(datasets)), "hypertune_settings": json.dumps(TUNING),
+            "base_output_directory": str(stand_in.storage / "jobdir" / "hypertune" / run),
+            "wait_interval": "0", **overrides}
+
+
+def train_inputs(stand_in, datasets, run: str, **overrides) -> dict[str, str]:
+    return {"project_id": PROJECT, "region": REGION, "worker_image_uri": TRAINER,
+            "args": json.dumps(args(datasets, hptune=False) + ["--alpha", "0.0005",
+                                                               "--max_iter", "10"]),
+            "base_output_directory": str(stand_in.storage / "jobdir" / run),
+            "wait_interval": "0", **overrides}
+
+
+def step_jobs(stand_in, kind: str, run: str) -> list[dict]:
+    """The jobs of `kind` the stand-in holds for this test's step."""
+    return stand_in.list(kind, label_filter({"kfp_run": run, "kfp_node": LABELS["kfp_node"]}))
+
+
+def wait_until_ended(stand_in, name: str, timeout: float = 300) -> dict:
+    """Wait for a job the test started on the side to end, so none outlives its test."""
+    deadline = time.monotonic() + timeout
+    while (found := stand_in.get(name))["state"] not in ENDED:
+        assert time.monotonic() < deadline, f"{name} is still {found['state']}"
+        time.sleep(0.2)
+    return found
 
 
 # ---- identity -----------------------------------------------------------------------------
@@ -97,7 +146,8 @@ def test_tuning_job_request():
     identity = jobs.StepIdentity(RUN, NODE)
     body = tune.tuning_job_request(identity, {"studySpec": STUDY, "maxTrialCount": 6,
                                               "parallelTrialCount": 3, "maxFailedTrialCount": 0},
-                                   TRAINER, ARGS, "gs://b/jobdir/hypertune/r1", "n1-standard-4")
+                                   TRAINER, ["--hptune", "True"], "gs://b/jobdir/hypertune/r1",
+                                   "n1-standard-4")
 
     assert body == {
         "displayName": NODE,
@@ -109,11 +159,12 @@ def test_tuning_job_request():
         "trialJobSpec": {
             "workerPoolSpecs": [{"machineSpec": {"machineType": "n1-standard-4"},
                                  "replicaCount": "1",
-                                 "containerSpec": {"imageUri": TRAINER, "args": ARGS}}],
+                                 "containerSpec": {"imageUri": TRAINER,
+                                                   "args": ["--hptune", "True"]}}],
             "baseOutputDirectory": {"outputUriPrefix": "gs://b/jobdir/hypertune/r1"},
         },
     }
-    assert problems("HyperparameterTuningJob", body) == []
+    conforms("HyperparameterTuningJob", body)
 
 
 def test_custom_job_request():
@@ -131,110 +182,193 @@ def test_custom_job_request():
             "baseOutputDirectory": {"outputUriPrefix": "gs://b/jobdir/r1"},
         },
     }
-    assert problems("CustomJob", body) == []
+    conforms("CustomJob", body)
     assert train.model_dir("gs://b/jobdir/r1/") == "gs://b/jobdir/r1/model"
 
 
 def test_upload_and_deploy_requests():
+    model = f"{PARENT}/models/42"
     upload = deploy.upload_request(jobs.StepIdentity(RUN, NODE), "covertype_classifier", "v01",
-                                   "gs://b/jobdir/r1/model", SERVING)
+                                   "gs://b/jobdir/r1/model", "gcr.io/p/serving_image:latest")
     resources = deploy.dedicated_resources("n1-standard-2", 1, 3)
-    deployment = deploy.deploy_request(MODEL, "v01", resources)
+    deployment = deploy.deploy_request(model, "v01", resources)
 
     assert upload == {"model": {
         "displayName": "covertype_classifier",
         "description": "covertype_classifier v01",
         "artifactUri": "gs://b/jobdir/r1/model",
         "labels": LABELS,
-        "containerSpec": {"imageUri": SERVING, "predictRoute": "/predict",
+        "containerSpec": {"imageUri": "gcr.io/p/serving_image:latest", "predictRoute": "/predict",
                           "healthRoute": "/health", "ports": [{"containerPort": 8080}]}}}
     assert deployment == {
-        "deployedModel": {"model": MODEL, "displayName": "v01", "dedicatedResources": {
+        "deployedModel": {"model": model, "displayName": "v01", "dedicatedResources": {
             "machineSpec": {"machineType": "n1-standard-2"}, "minReplicaCount": 1,
             "maxReplicaCount": 3}},
         "trafficSplit": {"0": 100}}
-    assert problems("UploadModelRequest", upload) == []
-    assert problems("DeployModelRequest", deployment) == []
+    conforms("UploadModelRequest", upload)
+    conforms("DeployModelRequest", deployment)
 
 
-# ---- tuning and custom jobs ---------------------------------------------------------------
+# ---- tuning and custom jobs on the stand-in -----------------------------------------------
 
-def tune_inputs(**overrides) -> dict[str, str]:
-    return {"project_id": PROJECT, "region": REGION, "worker_image_uri": TRAINER,
-            "args": json.dumps(ARGS), "hypertune_settings": json.dumps(TUNING),
-            "base_output_directory": "gs://b/jobdir/hypertune/r1", "wait_interval": "0",
-            **overrides}
+def test_a_tuning_step_runs_its_job_to_the_end(stand_in, datasets, run, capsys):
+    outputs = tune.hyperparameter_tuning_job(**tune_inputs(stand_in, datasets, run))
 
-
-def test_a_tuning_step_creates_its_job_and_waits_for_it(api, capsys):
-    vertex = api({}, job(TUNING_JOB, "JOB_STATE_QUEUED"), job(TUNING_JOB, "JOB_STATE_RUNNING"),
-                 job(TUNING_JOB, "JOB_STATE_SUCCEEDED"))
-
-    outputs = tune.hyperparameter_tuning_job(**tune_inputs())
-
-    assert outputs == {"job_id": TUNING_JOB}
-    path = f"/v1/{PARENT}/hyperparameterTuningJobs"
-    assert vertex.calls == [
-        ("GET", path, {"filter": FILTER}, None),
-        ("POST", path, {}, {
-            "displayName": NODE, "labels": LABELS, "studySpec": STUDY, "maxTrialCount": 6,
-            "parallelTrialCount": 3, "maxFailedTrialCount": 0,
-            "trialJobSpec": {
-                "workerPoolSpecs": [{"machineSpec": {"machineType": "n1-standard-4"},
-                                     "replicaCount": "1",
-                                     "containerSpec": {"imageUri": TRAINER, "args": ARGS}}],
-                "baseOutputDirectory": {"outputUriPrefix": "gs://b/jobdir/hypertune/r1"}}}),
-        ("GET", f"/v1/{TUNING_JOB}", {}, None),
-        ("GET", f"/v1/{TUNING_JOB}", {}, None),
-    ]
+    [found] = step_jobs(stand_in, TUNING_JOBS, run)
+    assert outputs == {"job_id": found["name"]}
+    assert found["name"].startswith(f"{PARENT}/hyperparameterTuningJobs/")
+    assert found["state"] == "JOB_STATE_SUCCEEDED"
+    assert (found["displayName"], found["labels"]) == (NODE, {**LABELS, "kfp_run": run})
+    assert found["studySpec"] == STUDY
+    assert (found["maxTrialCount"], found["parallelTrialCount"]) == (2, 2)
+    assert found["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"] == {
+        "imageUri": TRAINER, "args": args(datasets)}
+    assert [trial["state"] for trial in found["trials"]] == ["SUCCEEDED", "SUCCEEDED"]
+    for trial in found["trials"]:
+        [metric] = trial["finalMeasurement"]["metrics"]
+        assert metric["metricId"] == "accuracy" and 0 < metric["value"] < 1
     printed = capsys.readouterr().out
-    assert f"{TUNING_JOB}: JOB_STATE_RUNNING" in printed
+    assert f"created {found['name']} (JOB_STATE_QUEUED)" in printed
+    assert f"{found['name']}: JOB_STATE_SUCCEEDED" in printed
 
 
-def test_a_retried_step_waits_for_its_earlier_job_instead_of_starting_another(api, capsys):
-    vertex = api({"hyperparameterTuningJobs": [job(TUNING_JOB, "JOB_STATE_RUNNING")]},
-                 job(TUNING_JOB, "JOB_STATE_SUCCEEDED"))
+def test_a_retried_tuning_step_waits_for_the_job_of_the_attempt_that_died(stand_in, datasets,
+                                                                          run, tmp_path, capsys):
+    """Argo retries a step whose pod died while it waited: the retry finds the job and waits."""
+    inputs = tune_inputs(stand_in, datasets, run)
+    argv = [sys.executable, "-u", "-m", "pipeline.vertex.launcher", "--ui_metadata_path",
+            os.devnull, "hyperparameter_tuning_job",
+            *(part for name, value in inputs.items() for part in (f"--{name}", value)),
+            "--job_id_path", os.devnull]
+    log = tmp_path / "first-attempt.log"
+    with open(log, "wb") as stream:
+        first = subprocess.Popen(argv, env={**os.environ, jobs.NODE_ENV: NODE}, stdout=stream,
+                                 stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not step_jobs(stand_in, TUNING_JOBS, run):
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)  # the pod is gone, its job is not
+        first.wait()
 
-    assert tune.hyperparameter_tuning_job(**tune_inputs()) == {"job_id": TUNING_JOB}
-    assert [method for method, *_ in vertex.calls] == ["GET", "GET"]  # no POST: no second job
-    assert "started by an earlier attempt of this step" in capsys.readouterr().out
+    outputs = tune.hyperparameter_tuning_job(**inputs)  # attempt (1), as Argo names it
+
+    [found] = step_jobs(stand_in, TUNING_JOBS, run)
+    assert outputs == {"job_id": found["name"]} and found["state"] == "JOB_STATE_SUCCEEDED"
+    assert f"found {found['name']} (" in capsys.readouterr().out
+    assert len(found["trials"]) == 2
 
 
-def test_a_retried_step_finds_its_finished_job_across_pages(api):
-    other = f"{PARENT}/customJobs/1"
-    vertex = api({"customJobs": [job(other, "JOB_STATE_FAILED")], "nextPageToken": "p2"},
-                 {"customJobs": [job(CUSTOM_JOB, "JOB_STATE_SUCCEEDED")]})
+def test_a_finished_step_run_again_reuses_its_job(stand_in, datasets, run, capsys):
+    """A step retried after its job succeeded (e.g. its pod failed at the end) starts none."""
+    inputs = train_inputs(stand_in, datasets, run)
+    first = train.custom_job(**inputs)
+    capsys.readouterr()
 
-    outputs = train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER,
-                               args="[]", base_output_directory="gs://b/jobdir/r1/",
-                               wait_interval="0")
+    again = train.custom_job(**inputs)
 
-    assert outputs == {"job_id": CUSTOM_JOB, "model_dir": "gs://b/jobdir/r1/model"}
-    assert [(method, query) for method, _, query, _ in vertex.calls] == [
-        ("GET", {"filter": FILTER}), ("GET", {"filter": FILTER, "pageToken": "p2"})]
+    [found] = step_jobs(stand_in, CUSTOM_JOBS, run)
+    assert first == again == {"job_id": found["name"],
+                              "model_dir": f"{inputs['base_output_directory']}/model"}
+    assert (f"found {found['name']} (JOB_STATE_SUCCEEDED) started by an earlier attempt of this "
+            "step; waiting for it instead of starting another") in capsys.readouterr().out
 
 
-def test_a_retry_after_a_failed_job_starts_a_new_one(api, capsys):
-    failed = f"{PARENT}/customJobs/1"
-    vertex = api({"customJobs": [job(failed, "JOB_STATE_FAILED")]},
-                 job(CUSTOM_JOB, "JOB_STATE_PENDING"), job(CUSTOM_JOB, "JOB_STATE_SUCCEEDED"))
+def test_the_launcher_runs_a_custom_job_and_writes_its_outputs(stand_in, datasets, run,
+                                                               tmp_path):
+    inputs = train_inputs(stand_in, datasets, run)
+    out = tmp_path / "out"
+    argv = ["--ui_metadata_path", str(out / "ui"), "custom_job",
+            *(part for name, value in inputs.items() for part in (f"--{name}", value)),
+            "--job_id_path", str(out / "job_id"), "--model_dir_path", str(out / "model_dir")]
 
-    outputs = train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER,
-                               args="[]", base_output_directory="gs://b/jobdir/r1",
-                               wait_interval="0")
+    assert launcher.main(argv) == 0
 
-    assert outputs["job_id"] == CUSTOM_JOB
-    assert [method for method, *_ in vertex.calls] == ["GET", "POST", "GET"]
-    assert f"not reusing {failed} of an earlier attempt: it is JOB_STATE_FAILED" in (
-        capsys.readouterr().out)
+    [found] = step_jobs(stand_in, CUSTOM_JOBS, run)
+    assert found["state"] == "JOB_STATE_SUCCEEDED"
+    assert (out / "job_id").read_text() == found["name"]
+    model_dir = f"{inputs['base_output_directory']}/model"
+    assert (out / "model_dir").read_text() == model_dir
+    assert os.path.isfile(f"{model_dir}/model.pkl")  # the trainer wrote it in AIP_MODEL_DIR
+    metadata = json.loads((out / "ui").read_text())
+    assert metadata["outputs"][0]["type"] == "markdown"
+    assert f"| job_id | {found['name']} |" in metadata["outputs"][0]["source"]
+
+
+def test_a_failed_job_is_one_line_with_its_message_and_a_retry_starts_anew(
+        stand_in, datasets, run, tmp_path, capsys):
+    missing = tmp_path / "later" / "training.csv"
+    inputs = train_inputs(stand_in, datasets, run,
+                          args=json.dumps(["--training_dataset_path", str(missing),
+                                           "--validation_dataset_path", datasets[1],
+                                           "--hptune", "False"]))
+
+    with pytest.raises(VertexError) as raised:
+        train.custom_job(**inputs)
+
+    [failed] = step_jobs(stand_in, CUSTOM_JOBS, run)
+    assert failed["state"] == "JOB_STATE_FAILED"
+    message = failed["error"]["message"]
+    assert message.startswith("The replica workerpool0-0 exited with a non-zero status of 1")
+    assert str(missing) in message
+    assert str(raised.value) == (f"{failed['name']} ended JOB_STATE_FAILED: {one_line(message)}; "
+                                 "fix the cause (see the job's logs) and re-run the step")
+    assert "\n" not in str(raised.value)
+
+    missing.parent.mkdir()  # the cause fixed, Argo retries the step
+    missing.write_bytes(Path(datasets[0]).read_bytes())
+    outputs = train.custom_job(**inputs)
+
+    states = {item["name"]: item["state"] for item in step_jobs(stand_in, CUSTOM_JOBS, run)}
+    assert states == {failed["name"]: "JOB_STATE_FAILED",
+                      outputs["job_id"]: "JOB_STATE_SUCCEEDED"}
+    assert (f"not reusing {failed['name']} of an earlier attempt: it is JOB_STATE_FAILED"
+            in capsys.readouterr().out)
+
+
+def test_a_failed_trial_does_not_fail_the_step(stand_in, datasets, run):
+    """maxFailedTrials 0 lets the service decide; the job goes on and the trial keeps why."""
+    settings = {"hyperparameters": {
+        "goal": "MAXIMIZE", "maxTrials": 2, "maxParallelTrials": 2, "algorithm": "GRID_SEARCH",
+        "hyperparameterMetricTag": "accuracy",
+        "params": [{"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [0, 5]}]}}
+
+    outputs = tune.hyperparameter_tuning_job(**tune_inputs(
+        stand_in, datasets, run, hypertune_settings=json.dumps(settings)))
+
+    [found] = step_jobs(stand_in, TUNING_JOBS, run)
+    assert outputs == {"job_id": found["name"]} and found["state"] == "JOB_STATE_SUCCEEDED"
+    trials = {trial["parameters"][0]["value"]: trial for trial in found["trials"]}
+    assert (trials[0]["state"], trials[5]["state"]) == ("INFEASIBLE", "SUCCEEDED")
+    assert "--max_iter=0 must be >= 1" in trials[0]["infeasibleReason"]
+    assert "finalMeasurement" not in trials[0] and "finalMeasurement" in trials[5]
+
+
+def test_a_tuning_job_whose_trials_fail_is_one_line_with_its_message(stand_in, datasets, run):
+    settings = {"hyperparameters": {
+        "goal": "MAXIMIZE", "maxTrials": 1, "maxParallelTrials": 1, "algorithm": "GRID_SEARCH",
+        "hyperparameterMetricTag": "accuracy",
+        "params": [{"parameterName": "max_iter", "type": "DISCRETE", "discreteValues": [0]}]}}
+
+    with pytest.raises(VertexError) as raised:
+        tune.hyperparameter_tuning_job(**tune_inputs(stand_in, datasets, run,
+                                                     hypertune_settings=json.dumps(settings)))
+
+    [failed] = step_jobs(stand_in, TUNING_JOBS, run)
+    assert failed["state"] == "JOB_STATE_FAILED"
+    [trial] = failed["trials"]
+    assert trial["state"] == "INFEASIBLE"
+    assert trial["parameters"] == [{"parameterId": "max_iter", "value": 0}]
+    assert "--max_iter=0 must be >= 1" in trial["infeasibleReason"]
+    message = failed["error"]["message"]
+    assert "--max_iter=0 must be >= 1" in message
+    assert str(raised.value) == (f"{failed['name']} ended JOB_STATE_FAILED: {one_line(message)}; "
+                                 "fix the cause (see the job's logs) and re-run the step")
 
 
 @pytest.mark.parametrize(("state", "error", "expected"), [
-    ("JOB_STATE_FAILED", {"code": 3, "message": "The replica workerpool0-0 exited with a "
-                                                "non-zero status of 1.\nTermination reason: Error"},
-     f"{CUSTOM_JOB} ended JOB_STATE_FAILED: The replica workerpool0-0 exited with a non-zero "
-     "status of 1. Termination reason: Error; fix the cause (see the job's logs) and re-run the "
-     "step"),
     ("JOB_STATE_CANCELLED", {"code": 1, "message": "CANCELED"},
      f"{CUSTOM_JOB} ended JOB_STATE_CANCELLED: CANCELED; it was cancelled; re-run the step to "
      "start a new job"),
@@ -242,9 +376,14 @@ def test_a_retry_after_a_failed_job_starts_a_new_one(api, capsys):
      f"{CUSTOM_JOB} ended JOB_STATE_EXPIRED: no error message; it expired before it ran; re-run "
      "the step to start a new job"),
 ])
-def test_a_job_that_ends_badly_is_a_one_line_error(api, state, error, expected):
+def test_a_job_cancelled_or_expired_while_waited_for_is_a_one_line_error(monkeypatch, state,
+                                                                          error, expected):
+    """Recorded answers: the stand-in never expires a job (Vertex AI does when it cannot
+    schedule one in time), and a cancel that lands while the step waits would race the local
+    job's own end."""
+    step_identity(monkeypatch, RUN, NODE + "(1)")
     ended = job(CUSTOM_JOB, state, **({"error": error} if error else {}))
-    api({}, job(CUSTOM_JOB, "JOB_STATE_QUEUED"), ended)
+    Recorded(monkeypatch, [{}, job(CUSTOM_JOB, "JOB_STATE_QUEUED"), ended])
 
     with pytest.raises(VertexError) as raised:
         train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER, args="[]",
@@ -253,19 +392,43 @@ def test_a_job_that_ends_badly_is_a_one_line_error(api, state, error, expected):
     assert str(raised.value) == expected
 
 
-def test_an_expired_wait_is_a_one_line_error_and_leaves_the_job_running(api):
-    vertex = api(job(CUSTOM_JOB, "JOB_STATE_RUNNING"))
+def test_an_expired_wait_is_a_one_line_error_and_leaves_the_job_running(stand_in, datasets,
+                                                                        run):
     client = VertexClient(PROJECT, REGION)
+    identity = jobs.StepIdentity.from_env()
+    inputs = train_inputs(stand_in, datasets, run)
+    created = client.create_job(CUSTOM_JOBS, train.custom_job_request(
+        identity, TRAINER, json.loads(inputs["args"]), inputs["base_output_directory"],
+        "n1-standard-4"))
     waiting = jobs.Waiting(interval=0, deadline=time.monotonic() - 1, timeout=60)
 
     with pytest.raises(VertexError) as raised:
-        jobs.wait_for_job(client, CUSTOM_JOBS, {"name": CUSTOM_JOB, "state": "JOB_STATE_QUEUED"},
-                          waiting, log=lambda line: None)
+        jobs.wait_for_job(client, CUSTOM_JOBS, created, waiting, log=lambda line: None)
 
     assert str(raised.value) == (
-        f"{CUSTOM_JOB} is still JOB_STATE_QUEUED after the 60 s wait_timeout; it keeps running: "
-        "re-run the step to wait for it again (a re-run finds it) or cancel it")
-    assert vertex.calls == []  # no cancel, no further poll
+        f"{created['name']} is still {created['state']} after the 60 s wait_timeout; it keeps "
+        "running: re-run the step to wait for it again (a re-run finds it) or cancel it")
+    # Not cancelled: it runs to its end, and a re-run of the step would find it.
+    assert wait_until_ended(stand_in, created["name"])["state"] == "JOB_STATE_SUCCEEDED"
+    assert jobs.own_job(client, CUSTOM_JOBS, identity)["name"] == created["name"]
+
+
+def test_a_retried_step_finds_its_finished_job_across_pages(monkeypatch):
+    """Recorded answers: the stand-in answers a list in one page unless asked for a pageSize
+    (as Vertex AI does below its page size), which the components never set."""
+    step_identity(monkeypatch, RUN, NODE + "(1)")
+    other = f"{PARENT}/customJobs/1"
+    vertex = Recorded(monkeypatch, [
+        {"customJobs": [job(other, "JOB_STATE_FAILED")], "nextPageToken": "p2"},
+        {"customJobs": [job(CUSTOM_JOB, "JOB_STATE_SUCCEEDED")]}])
+
+    outputs = train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER,
+                               args="[]", base_output_directory="gs://b/jobdir/r1/",
+                               wait_interval="0")
+
+    assert outputs == {"job_id": CUSTOM_JOB, "model_dir": "gs://b/jobdir/r1/model"}
+    assert [(method, query) for method, _, query, _ in vertex.calls] == [
+        ("GET", {"filter": FILTER}), ("GET", {"filter": FILTER, "pageToken": "p2"})]
 
 
 def test_against_the_local_stand_in_polls_fast(monkeypatch):
@@ -289,20 +452,47 @@ def test_against_the_local_stand_in_polls_fast(monkeypatch):
                                       "machine type"),
     ({"wait_interval": "soon"}, "wait_interval='soon' is not a whole number in 0..3600"),
 ])
-def test_bad_inputs_are_refused_before_any_call(api, overrides, message):
-    vertex = api()
+def test_bad_inputs_are_refused_before_any_call(stand_in, datasets, run, overrides, message):
+    before = stand_in.list(TUNING_JOBS)
 
     with pytest.raises(ValueError) as raised:
-        tune.hyperparameter_tuning_job(**tune_inputs(**overrides))
+        tune.hyperparameter_tuning_job(**tune_inputs(stand_in, datasets, run, **overrides))
 
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
-    assert vertex.calls == []
+    assert stand_in.list(TUNING_JOBS) == before
 
 
-def test_api_errors_are_one_line_with_a_fix(api):
-    api((403, {"error": {"code": 403, "status": "PERMISSION_DENIED", "message":
-                         "Permission 'aiplatform.customJobs.list' denied on resource\n(or it "
-                         "may not exist)."}}))
+def test_a_job_the_stand_in_refuses_is_one_line_with_its_message(stand_in, datasets, run,
+                                                                 tmp_path):
+    """The stand-in, like Vertex AI, refuses an output folder its jobs may not write to."""
+    outside = tmp_path / "outside"
+    with pytest.raises(VertexError) as raised:
+        train.custom_job(**train_inputs(stand_in, datasets, run,
+                                        base_output_directory=str(outside)))
+
+    text = str(raised.value)
+    assert text.startswith(f"creating a CustomJob in {PARENT} failed: HTTP 400 ")
+    assert f"{outside}" in text and "outside the project's storage" in text
+    assert text.endswith("; fix the request named above") and "\n" not in text
+    assert step_jobs(stand_in, CUSTOM_JOBS, run) == [] and not outside.exists()
+
+
+def test_a_missing_job_is_one_line_with_the_fix(stand_in):
+    name = f"{PARENT}/customJobs/123456789"
+    with pytest.raises(VertexError) as raised:
+        VertexClient(PROJECT, REGION).get_job(CUSTOM_JOBS, name)
+
+    text = str(raised.value)
+    assert text.startswith(f"getting {name} failed: HTTP 404 ") and "\n" not in text
+    assert text.endswith("; check project_id, region and the resource name")
+
+
+def test_api_errors_are_one_line_with_a_fix(monkeypatch):
+    """Recorded answer: the stand-in has no permissions to deny (HTTP 403)."""
+    step_identity(monkeypatch, RUN, NODE)
+    Recorded(monkeypatch, [(403, {"error": {
+        "code": 403, "status": "PERMISSION_DENIED", "message":
+        "Permission 'aiplatform.customJobs.list' denied on resource\n(or it may not exist)."}})])
 
     with pytest.raises(VertexError) as raised:
         train.custom_job(project_id=PROJECT, region=REGION, worker_image_uri=TRAINER, args="",
@@ -315,24 +505,6 @@ def test_api_errors_are_one_line_with_a_fix(api):
 
 
 # ---- the launcher command line --------------------------------------------------------------
-
-def test_the_launcher_writes_the_outputs_and_ui_metadata(api, tmp_path):
-    api({}, job(CUSTOM_JOB, "JOB_STATE_SUCCEEDED"))
-    out = tmp_path / "out"
-    argv = ["--ui_metadata_path", str(out / "ui"), "custom_job",
-            "--project_id", PROJECT, "--region", REGION, "--worker_image_uri", TRAINER,
-            "--args", "[]", "--base_output_directory", "gs://b/jobdir/r1",
-            "--wait_interval", "0",
-            "--job_id_path", str(out / "job_id"), "--model_dir_path", str(out / "model_dir")]
-
-    assert launcher.main(argv) == 0
-
-    assert (out / "job_id").read_text() == CUSTOM_JOB
-    assert (out / "model_dir").read_text() == "gs://b/jobdir/r1/model"
-    metadata = json.loads((out / "ui").read_text())
-    assert metadata["outputs"][0]["type"] == "markdown"
-    assert f"| job_id | {CUSTOM_JOB} |" in metadata["outputs"][0]["source"]
-
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["custom_job"], "usage: python -m pipeline.vertex.launcher --ui_metadata_path PATH ACTION"),
@@ -356,6 +528,7 @@ def test_the_launcher_refuses_a_bad_command_line_in_one_line(argv, message, tmp_
 
 
 def test_no_credentials_and_no_stand_in_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.delenv(ml_client.VERTEX_EMULATOR_HOST_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no gcloud application default credentials
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)

@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from vertex_shapes import problems
+from discovery_schema import assert_conforms
 
+from pipeline import discovery
 from pipeline.covertype_training_pipeline import HYPERTUNE_SETTINGS
 from pipeline.hypertune import HypertuneSpecError
 from pipeline.parameters import ParameterError, validate
 from pipeline.vertex.study import tuning_job_fields
+
+DOC = discovery.document("aiplatform", "v1")
 
 
 def settings(**hyperparameters) -> dict:
@@ -42,7 +45,7 @@ def test_the_labs_default_translates_with_early_stopping():
         "parallelTrialCount": 3,
         "maxFailedTrialCount": 0,
     }
-    assert problems("HyperparameterTuningJob", fields) == []
+    assert_conforms(DOC, "GoogleCloudAiplatformV1HyperparameterTuningJob", fields)
 
 
 def test_every_parameter_type_scale_and_count_translates():
@@ -81,7 +84,7 @@ def test_every_parameter_type_scale_and_count_translates():
         },
         "maxTrialCount": 20, "parallelTrialCount": 4, "maxFailedTrialCount": 2,
     }
-    assert problems("HyperparameterTuningJob", fields) == []
+    assert_conforms(DOC, "GoogleCloudAiplatformV1HyperparameterTuningJob", fields)
 
 
 def test_the_service_defaults_fill_what_the_settings_leave_out():

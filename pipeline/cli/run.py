@@ -219,6 +219,12 @@ def print_summary(console: Console, record: RunRecord) -> None:
         console.print("Serve it with `covertype serve` (make serve): POST /v1/"
                       f"{summary.deployed_version.rsplit('/versions/', 1)[0]}:predict; "
                       "runs at http://127.0.0.1:8080/", markup=False)
+    elif summary.deployed_endpoint:  # Vertex AI: an endpoint and its deployed model
+        console.print(f"Deployed: endpoint {summary.deployed_endpoint}, deployed model "
+                      f"{summary.deployed_model_id}", markup=False)
+        console.print("Serve it with `covertype serve` (make serve): POST /v1/"
+                      f"{summary.deployed_endpoint}:predict; runs at http://127.0.0.1:8080/",
+                      markup=False)
     elif summary.has_deploy:
         console.print(f"Not deployed: {summary.not_deployed_reason}", markup=False)
     console.print(f"Run folder: {store.folder(record.run_id)}", markup=False)
@@ -239,6 +245,9 @@ def _list(args: argparse.Namespace) -> int:
                   if summary.metric_value is not None else "")
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
         deployed = (summary.deployed_version or "no") if summary.has_deploy else ""
+        if summary.deployed_endpoint:  # Vertex AI: REGION/endpoints/E and its deployed model
+            deployed = (f"{summary.deployed_endpoint.rpartition('/locations/')[2]} "
+                        f"{summary.deployed_model_id}")
         table.add_row(record.run_id, record.status, record.start, duration, metric,
                       Text(deployed.replace("projects/local/models/", "")
                            .replace("/versions/", " ")))

@@ -148,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
              home, host, args.port, ", bearer token required" if policy.token else "")
     app = create_app(home)
     app.state.kfp_settings = settings  # how runs of the KFP API execute
+    own = "127.0.0.1" if args.host in ("0.0.0.0", "::") else host
+    app.state.url = f"http://{own}:{args.port}"  # how its own trainer processes reach it
     uvicorn.run(RequestLog(secure(app, policy)), host=args.host, port=args.port,
                 workers=1, access_log=False, log_level="warning", proxy_headers=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class: an HTTP status code and a Google canonical status name."""
+    """Base class: an HTTP status code and a Google canonical status name.
+
+    `reason` is the `errors[].reason` of APIs that report one (Cloud Storage, BigQuery).
+    """
 
     code = 500
     status = "INTERNAL"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidArgument(ServiceError):
@@ -31,3 +38,27 @@ class NotFound(ServiceError):
 class AlreadyExists(ServiceError):
     code = 409
     status = "ALREADY_EXISTS"
+
+
+class Conflict(ServiceError):
+    """409 of APIs whose conflicts are not about existence (Cloud Storage's `conflict`)."""
+
+    code = 409
+    status = "ABORTED"
+
+
+class PreconditionFailed(ServiceError):
+    code = 412
+    status = "FAILED_PRECONDITION"
+
+
+class RangeNotSatisfiable(ServiceError):
+    code = 416
+    status = "OUT_OF_RANGE"
+
+
+class Unimplemented(ServiceError):
+    """A method of the API that the local stand-in does not serve."""
+
+    code = 501
+    status = "UNIMPLEMENTED"

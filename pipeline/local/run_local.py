@@ -26,6 +26,7 @@ from pipeline.local.storage import configure_storage_emulator, resolve_in_storag
 from pipeline.local.workflow import Workflow
 from pipeline.parameters import validate as validate_parameters
 from pipeline.settings import Settings
+from pipeline.vertex import launcher as vertex_launcher
 
 DSL_FILE = Path(__file__).resolve().parents[1] / "covertype_training_pipeline.py"
 PACKAGE_FILE = "pipeline.yaml"  # the package a run executed, kept in its folder
@@ -52,11 +53,21 @@ def default_parameters(home: Path, workflow: Workflow) -> dict[str, str]:
     return {name: value for name, value in local.items() if name in workflow.parameters}
 
 
+def package_platform(workflow: Workflow) -> str:
+    """The platform a package was compiled for: `vertex` when a step runs the Vertex AI
+    components' launcher, else `caip` (PLATFORM of pipeline/settings.py)."""
+    for template in workflow.templates.values():
+        if vertex_launcher.__name__ in template.get("container", {}).get("command", []):
+            return "vertex"
+    return "caip"
+
+
 def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
                    home: Path) -> dict[str, str]:
-    """The run's parameter values (local defaults, then the user's), checked before any step."""
+    """The run's parameter values (local defaults, then the user's), checked before any step
+    for the package's platform (on Vertex AI the tuning settings must translate)."""
     parameters = workflow.resolve_parameters({**default_parameters(home, workflow), **overrides})
-    validate_parameters(parameters)
+    validate_parameters(parameters, package_platform(workflow))
     if "gcs_root" in parameters:
         _check_gcs_root(parameters["gcs_root"], home)
     return parameters

@@ -32,8 +32,8 @@ from pipeline.local.home import local_home
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
 from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
+from pipeline.local.step_env import step_environment
 from pipeline.local.workflow import Workflow
-from pipeline.ml_client import EMULATOR_HOST_ENV, VERTEX_EMULATOR_HOST_ENV
 
 # Container entrypoints served by a local module instead of an image.
 LOCAL_MODULES = {"kfp_component.launcher": "pipeline.local.launcher"}
@@ -136,11 +136,10 @@ class LocalRunner:
                                    if "valueFrom" not in item
                                    else self._field_ref(item["valueFrom"], scope, template))
                     for item in container.get("env", [])}
-        env = {**os.environ, **{name: localise(value) for name, value in step_env.items()}}
-        env.update({STEP_ROOT_ENV: str(root), EMULATOR_HOST_ENV: self.emulator_url,
-                    VERTEX_EMULATOR_HOST_ENV: self.emulator_url,
-                    "PYTHONUNBUFFERED": "1",
-                    "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")})
+        env = step_environment(
+            {**os.environ, **{name: localise(value) for name, value in step_env.items()}},
+            self.emulator_url, self.record.parameters)
+        env.update({STEP_ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1"})
         # Paths the program uses without naming them: a private /tmp, else one step at a time.
         # (A local stand-in module writes its fixed outputs below STEP_ROOT_ENV.)
         unnamed = [] if set(LOCAL_MODULES) & set(resolved) else fixed_paths.unnamed(

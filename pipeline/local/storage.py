@@ -27,10 +27,11 @@ def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
 
     The one check behind every location a request names (a version's `deploymentUri`, a
     training job's `jobDir`, a run's `gcs_root`): a local path must lie, after `..` and every
-    symlink are resolved (os.path.realpath), inside the local storage root; a gs:// URI is
-    accepted only while a storage emulator is configured (`STORAGE_EMULATOR_HOST`), whose
-    buckets are the project's storage. Anything else is refused before anything is read,
-    written or created.
+    symlink are resolved (os.path.realpath), inside the local storage root. A gs:// URI is the
+    configured storage emulator's (`STORAGE_EMULATOR_HOST`, whose buckets are the project's
+    storage) or, with none configured, the local storage itself: gs://BUCKET/PATH is
+    `<root>/BUCKET/PATH`, as the local GCS JSON API serves it to a step, and is checked like
+    a local path. Anything else is refused before anything is read, written or created.
 
     Args:
         uri: an absolute local path or a gs:// URI.
@@ -38,26 +39,26 @@ def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
         root: the local storage root (default: `storage_root()` of the local home).
 
     Returns:
-        The real local path (symlinks and `..` resolved), or the gs:// URI as given.
+        The real local path (symlinks and `..` resolved), or the emulator's gs:// URI as given.
 
     Raises:
         InvalidArgument: one line naming the allowed root.
     """
     root = Path(root) if root is not None else storage_root()
     emulator = os.environ.get(EMULATOR_ENV, "")
-    allowed = f"a folder under {root} (the local storage root)" + (
-        f" or a gs:// URI of the storage emulator at {emulator}" if emulator else "")
+    allowed = f"a folder under {root} (the local storage root) or " + (
+        f"a gs:// URI of the storage emulator at {emulator}" if emulator
+        else "gs://BUCKET/FOLDER (its folder BUCKET)")
     if not isinstance(uri, str) or not uri or "\0" in uri:
         raise InvalidArgument(f"{what} {uri!r} is not a location; use {allowed}")
     if uri.startswith("gs://"):
         bucket, _, path = uri[len("gs://"):].partition("/")
-        if not emulator:
-            raise InvalidArgument(f"{what} {uri} is a gs:// URI but no storage emulator is "
-                                  f"configured ({EMULATOR_ENV}); use {allowed}")
         if not bucket or {".", ".."} & set(path.split("/")):
             raise InvalidArgument(f"{what} {uri} is not a plain gs://bucket/folder URI (no "
                                   "'.' or '..' segments); use gs://BUCKET/FOLDER")
-        return uri
+        if emulator:
+            return uri
+        uri = str(root / bucket / path)  # the local storage, as a step's gs:// sees it
     if "://" in uri or not os.path.isabs(uri):
         kind = "a URL" if "://" in uri else "relative"
         raise InvalidArgument(f"{what} {uri!r} is {kind}; use {allowed}")

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 
 from pipeline.local import records, roles
 from pipeline.local.records import RunRecord, StepRecord
+from pipeline.vertex.deploy import DEPLOYED_MODEL_OUTPUT, ENDPOINT_OUTPUT
 
 if TYPE_CHECKING:
     from pipeline.local.tuning_jobs import TuningJob
 
-# The Vertex AI deploy step's output naming the endpoint resource, by the names it may carry.
-ENDPOINT_OUTPUTS = ("endpoint_name", "endpoint")
 # Artifacts that describe how to draw a step, not what it computed.
 _NOT_OUTPUTS = {"mlpipeline-ui-metadata"}
 _TEXT_LIMIT = 64 * 1024
@@ -169,11 +168,10 @@ class RunSummary:
         deploy = deploys[0] if deploys else None
         for step in deploys:
             deployed = step_output(record, step.name, "version_name")
-            endpoint = next((value for name in ENDPOINT_OUTPUTS
-                             if (value := step_output(record, step.name, name))), None)
+            endpoint = step_output(record, step.name, ENDPOINT_OUTPUT)
             if deployed or endpoint:
                 deploy = step
-                model_id = (step_output(record, step.name, "deployed_model_id") or "").strip()
+                model_id = (step_output(record, step.name, DEPLOYED_MODEL_OUTPUT) or "").strip()
                 break
         not_evaluated = None
         if metric is None and (evaluations or not record.steps):

@@ -85,14 +85,18 @@ class TrainingEngine:
     Args:
         home: The local home folder; jobs go to `jobs_dir(home)`.
         on_event: Called with each event dict (job state change, trial start/end).
+        server_url: the server this engine runs in; its trials then see it as a pipeline step
+            does (pipeline.local.step_env), so gs:// paths reach the local storage.
         images: training image -> the local program it runs (`--image`, see
             `program_for_image`).
     """
 
     def __init__(self, home: Path, on_event: Callable[[dict], None] | None = None,
+                 server_url: str | None = None,
                  images: Mapping[str, str] | None = None) -> None:
         self.images = dict(images or {})
         self.root = jobs_dir(home)
+        self.server_url = server_url
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage = storage_root(home)  # where jobs may write (check_output_dir)
         self.on_event = on_event
@@ -160,6 +164,15 @@ class TrainingEngine:
         if state in TERMINAL_STATES:
             raise FailedPrecondition(f"job {key!r} is already {state}; nothing to cancel")
         write_atomic(self.root / key / "cancel", reason)
+
+    def process_environment(self) -> dict[str, str]:
+        """The environment a trainer process starts from: this process's, plus what a step's
+        program sees of the local server (emulator switches, storage) when one is known."""
+        if not self.server_url:
+            return dict(os.environ)
+        from pipeline.local.step_env import step_environment
+
+        return step_environment(os.environ, self.server_url, {})
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every job this engine runs (FAILED, interrupted) and wait for the runners."""

@@ -242,7 +242,7 @@ class JobRun:
 
     def _start(self, name: str, env: dict[str, str], flags: Sequence[str] = (),
                suggestion: Suggestion | None = None) -> _Process:
-        env = {**os.environ, **self.task.env, **env}
+        env = {**self.engine.process_environment(), **self.task.env, **env}
         process = _Process(self.program, [*self.task.args, *flags, *self.task.last_args], env,
                            self.folder / f"{name}.log", suggestion,
                            self.engine.zygote(self.program))

@@ -24,7 +24,9 @@ from pipeline.errors import one_line
 from pipeline.vertex import inputs, jobs
 from pipeline.vertex.client import VertexClient, VertexError
 
-OUTPUTS = ("model_name", "endpoint_name", "deployed_model_id")
+# The outputs naming what serves; the local run summary reads them by these names too.
+ENDPOINT_OUTPUT, DEPLOYED_MODEL_OUTPUT = "endpoint_name", "deployed_model_id"
+OUTPUTS = ("model_name", ENDPOINT_OUTPUT, DEPLOYED_MODEL_OUTPUT)
 PREDICT_ROUTE, HEALTH_ROUTE, SERVING_PORT = "/predict", "/health", 8080
 NEW_DEPLOYMENT = "0"  # trafficSplit key of the model being deployed (DeployModelRequest)
 
@@ -85,8 +87,8 @@ def deploy_model(model_uri: str, project_id: str, region: str, model_id: str, ve
         print(f"created endpoint {endpoint['name']} ({name})")
     deployed_id = _deploy(client, endpoint, model, version, resources, waiting)
     _retire_others(client, endpoint["name"], deployed_id, waiting)
-    return {"model_name": model, "endpoint_name": endpoint["name"],
-            "deployed_model_id": deployed_id}
+    return {"model_name": model, ENDPOINT_OUTPUT: endpoint["name"],
+            DEPLOYED_MODEL_OUTPUT: deployed_id}
 
 
 def upload_request(identity: jobs.StepIdentity, model_id: str, version_id: str, model_uri: str,

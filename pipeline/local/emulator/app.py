@@ -30,7 +30,9 @@ def create_app(home: Path | None = None, images: Mapping[str, str] | None = None
     training images to local programs (`covertype run --local --image`)."""
     from pipeline.local import browser
     from pipeline.local.emulator import (
+        bigquery_api,
         components,
+        gcs_api,
         jobs,
         kfp_api,
         models,
@@ -49,6 +51,9 @@ def create_app(home: Path | None = None, images: Mapping[str, str] | None = None
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
         body = {"error": {"code": error.code, "message": str(error), "status": error.status}}
+        if error.reason:
+            body["error"]["errors"] = [{"message": str(error), "domain": "global",
+                                        "reason": error.reason}]
         return JSONResponse(body, status_code=error.code)
 
     @app.get("/discovery/{api}/{version}", include_in_schema=False)
@@ -75,6 +80,8 @@ def create_app(home: Path | None = None, images: Mapping[str, str] | None = None
     app.include_router(vertex_models.router)
     app.include_router(vertex_endpoints.router)
     app.include_router(kfp_api.router)
+    app.include_router(gcs_api.router)
+    app.include_router(bigquery_api.router)
     app.include_router(components.router)
     app.include_router(browser.router)
     return app

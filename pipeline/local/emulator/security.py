@@ -45,6 +45,7 @@ OPEN_PATHS = frozenset({"/healthz"})  # answered without a token (liveness probe
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON = ("application/json",)
 MULTIPART = ("multipart/form-data",)
+ANY_TYPE = ()  # a route whose bodies may have any Content-Type
 REFUSED_BY = (b"x-refused-by", b"covertype-security")
 DRAIN_BYTES = 16 << 20  # of a refused body, read and dropped so the client gets the answer
 _HOST_NAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
@@ -81,6 +82,10 @@ ROUTE_RULES = (
     # Google's media upload protocol (google-cloud-bigquery load jobs, google-cloud-storage):
     # multipart/related or a resumable session (JSON, then the bytes); no browser sends either
     # type without a preflight.
+    # A resumable upload's chunks carry the object's own media type (any). Their URL is the
+    # session's secret, handed out only for a JSON request (which needs a preflight).
+    RouteRule(re.compile(r"/upload/storage/v1/resumable/[A-Za-z0-9_-]{20,64}"), ANY_TYPE,
+              100 << 20, "this server's media upload limit"),
     RouteRule(re.compile(r"/upload/.*"), ("multipart/related", *JSON, "application/octet-stream"),
               100 << 20, "this server's media upload limit"),
     RouteRule(re.compile(r"/.*"), JSON, 10 << 20,
@@ -297,7 +302,7 @@ def must_read(scope: Scope, headers: dict[bytes, bytes], rule: RouteRule) -> boo
     if scope["method"] not in SAFE_METHODS and (has_body or content_type is not None):
         media = _PLAIN_MEDIA.get(content_type) or (
             (content_type or b"").split(b";", 1)[0].strip().lower().decode("latin-1"))
-        if media not in rule.content_types:
+        if rule.content_types and media not in rule.content_types:
             wanted = " or ".join(rule.content_types)
             raise Refusal(415, f"Content-Type {_shown(media) if media else '(none)'} is not "
                                f"accepted by {scope['method']} {scope['path']}; send the body "

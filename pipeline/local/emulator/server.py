@@ -28,6 +28,7 @@ class EmulatorServer:
         self.policy = policy or AccessPolicy.for_server(host)
         self.port = port or _free_port(host)
         self.app = create_app(home, images)
+        self.app.state.url = self.url  # trials reach this server as steps do (step_env)
         # Google's front ends keep an idle connection for minutes; Google's clients (httplib2)
         # do not retry a request whose connection the server closed meanwhile, so a client
         # polling a job or an operation every 30 s needs more than uvicorn's 5 s default.
