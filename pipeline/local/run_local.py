@@ -80,11 +80,13 @@ def run_parameters(workflow: Workflow, overrides: Mapping[str, str],
 def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
               on_step: StepCallback | None = None, on_line: LineCallback | None = None,
               on_start: Callable[[RunRecord], None] | None = None,
-              use_cache: bool = True, run_id: str | None = None) -> RunRecord:
+              use_cache: bool = True, run_id: str | None = None,
+              images: Mapping[str, str] | None = None) -> RunRecord:
     """Run the pipeline end to end on this machine; returns the finished run record.
 
     Bad parameters, a bad package or an unusable source table fail before anything is
     written. `run_id` names the run (the local KFP API passes its run's id); default: new.
+    `images` maps training images to local programs (`--image`, see program_for_image).
     """
     configure_storage_emulator()
     home = local_home()
@@ -108,7 +110,8 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
         write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start,
+                    images)
 
 
 def _check_gcs_root(gcs_root: str, home: Path) -> None:
@@ -123,7 +126,7 @@ def _check_gcs_root(gcs_root: str, home: Path) -> None:
 def resume_local(run_id: str, on_step: StepCallback | None = None,
                  on_line: LineCallback | None = None,
                  on_start: Callable[[RunRecord], None] | None = None,
-                 use_cache: bool = True) -> RunRecord:
+                 use_cache: bool = True, images: Mapping[str, str] | None = None) -> RunRecord:
     """Continue a failed or interrupted run from its last finished steps."""
     configure_storage_emulator()
     home = local_home()
@@ -150,18 +153,22 @@ def resume_local(run_id: str, on_step: StepCallback | None = None,
     record.status, record.message, record.end, record.duration_s = records.RUNNING, "", "", None
     record.owner = current_owner()
     record.resumes += 1
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start,
+                    images)
 
 
 def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
              use_cache: bool, on_step: StepCallback | None, on_line: LineCallback | None,
-             on_start: Callable[[RunRecord], None] | None) -> RunRecord:
+             on_start: Callable[[RunRecord], None] | None,
+             images: Mapping[str, str] | None) -> RunRecord:
     """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted)."""
     if on_start:
         on_start(record)
-    cache = StepCache(cache_dir(home)) if use_cache else None
+    # The step cache keys a step by this checkout's code; programs mapped with --image lie
+    # outside it, so a run that maps images reuses nothing.
+    cache = StepCache(cache_dir(home)) if use_cache and not images else None
     processes = RunProcesses()
-    with processes.stop_on_signals(), EmulatorServer(home) as emulator:
+    with processes.stop_on_signals(), EmulatorServer(home, images=images) as emulator:
         engine = training_engine(emulator.app)
         processes.on_stop(engine.close)  # its trials and trainer zygote end with the run
         if _runs_gcp_components(workflow):

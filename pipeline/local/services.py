@@ -26,7 +26,8 @@ def training_engine(app: Any) -> TrainingEngine:
         engine = getattr(app.state, "training_engine", None)
         if engine is None:
             engine = app.state.training_engine = TrainingEngine(
-                app.state.home, server_url=getattr(app.state, "url", None))
+                app.state.home, server_url=getattr(app.state, "url", None),
+                images=getattr(app.state, "images", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import uvicorn
@@ -21,11 +22,12 @@ class EmulatorServer:
     """`with EmulatorServer(home) as server:` serves on `server.url` until the block ends."""
 
     def __init__(self, home: Path | None = None, host: str = "127.0.0.1", port: int = 0,
-                 policy: AccessPolicy | None = None) -> None:
+                 policy: AccessPolicy | None = None,
+                 images: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.policy = policy or AccessPolicy.for_server(host)
         self.port = port or _free_port(host)
-        self.app = create_app(home)
+        self.app = create_app(home, images)
         self.app.state.url = self.url  # trials reach this server as steps do (step_env)
         # Google's front ends keep an idle connection for minutes; Google's clients (httplib2)
         # do not retry a request whose connection the server closed meanwhile, so a client
