@@ -4,7 +4,8 @@ One definition for every place that reads a user's tuning settings: the run para
 (`make run`, local runs), the local training service, and the translation to Vertex AI's
 StudySpec; and the pipeline's default settings (HYPERTUNE_SETTINGS), which the DSL and the local
 training limits read. Standard library only, so the cloud path can import it without the local
-tuner.
+tuner. Values are read as Google's JSON parser reads them (a boolean may be the text "true",
+as the 0.2.5 launcher's fire hands JSON's true over: pipeline/launcher_values.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.launcher_values import google_boolean
 
 
 class HypertuneSpecError(ValueError):
@@ -88,6 +91,10 @@ def parse_spec(hyperparameters: Any) -> TuningSpec:
         raise HypertuneSpecError(
             f"{_WHERE}.algorithm {algorithm!r} is unknown; use one of {', '.join(ALGORITHMS)}"
         )
+    early_stopping = hyperparameters.get("enableTrialEarlyStopping", False)
+    if google_boolean(early_stopping) is None:
+        raise HypertuneSpecError(f"{_WHERE}.enableTrialEarlyStopping is {early_stopping!r}; use "
+                                 "true or false")
     max_trials = _count(hyperparameters, "maxTrials", 1, minimum=1)
     max_parallel = _count(hyperparameters, "maxParallelTrials", 1, minimum=1)
     max_failed = _count(hyperparameters, "maxFailedTrials", 0, minimum=0)

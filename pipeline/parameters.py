@@ -7,13 +7,13 @@ or slash ever reaches SQL or a path.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Mapping
 
 from pipeline import schema
 from pipeline.hypertune import HypertuneSpecError, parse_spec
+from pipeline.launcher_values import launcher_dict, launcher_value
 from pipeline.settings import SettingsError, platform
 from pipeline.vertex.study import tuning_job_fields
 
@@ -23,7 +23,10 @@ _BQ_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _BQ_PROJECT = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]")
 _ML_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 _LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
-_BOOLEANS = {"true": True, "false": False}
+# Parameters a 0.2.5 GCP component gets as one whole flag value, which its launcher parses with
+# fire: `None`, `True` or `123` would reach it as no value, a boolean or a number, not as text.
+_TEXT_FLAGS = ("project_id", "dataset_id", "model_id", "version_id", "region", "dataset_location")
+_EXAMPLE = '{"hyperparameters": {"goal": "MAXIMIZE", "params": [...]}}'
 
 
 class ParameterError(ValueError):
@@ -33,6 +36,16 @@ class ParameterError(ValueError):
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ParameterError(message)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "None (no value)"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    return f"a {type(value).__name__}"
 
 
 def validate_source_table(value: str) -> None:
@@ -55,6 +68,11 @@ def validate(params: Mapping[str, str], platform: str = "caip") -> None:
                  f"(or {LOCAL_PROJECT_ID} for a local run)")
     if "source_table_name" in params:
         validate_source_table(params["source_table_name"])
+    for name in _TEXT_FLAGS:
+        if name in params and not isinstance(parsed := launcher_value(params[name]), str):
+            raise ParameterError(f"{name} {params[name]!r} would reach the components as "
+                                 f"{_kind(parsed)}, not as text (the 0.2.5 launcher reads its "
+                                 "flags as Python literals); pick another name")
     if "dataset_id" in params:
         _require(bool(_BQ_NAME.fullmatch(params["dataset_id"])),
                  f"dataset_id {params['dataset_id']!r} is not a BigQuery dataset id; use 1-1024 "
@@ -84,8 +102,10 @@ def validate(params: Mapping[str, str], platform: str = "caip") -> None:
                  "are fractions, e.g. 0.69")
     if "replace_existing_version" in params:
         value = params["replace_existing_version"]
-        _require(value.strip().lower() in _BOOLEANS,
-                 f"replace_existing_version {value!r} is not a boolean; use True or False")
+        _require(isinstance(launcher_value(value), bool),
+                 f"replace_existing_version {value!r} is not a boolean; use True or False (the "
+                 "0.2.5 launcher keeps any other text as text, which its deploy step reads as "
+                 "true)")
     if "gcs_root" in params:
         root = params["gcs_root"]
         _require(bool(root) and ".." not in root.split("/") and not root.endswith("/")
@@ -99,16 +119,16 @@ def validate(params: Mapping[str, str], platform: str = "caip") -> None:
 
 
 def validate_hypertune_settings(text: str, platform: str = "caip") -> None:
-    """The AI Platform TrainingInput of the tuning step, checked as the service checks it; for
-    Vertex AI also translated (pipeline.vertex.study), so a setting it has no place for fails
-    here, before the run."""
+    """The AI Platform TrainingInput of the tuning step, read as the 0.2.5 launcher reads it
+    (JSON or a Python literal, pipeline.launcher_values) and checked as the service checks it;
+    for Vertex AI also translated (pipeline.vertex.study), so a setting it has no place for
+    fails here, before the run."""
     try:
-        settings = json.loads(text)
+        settings = launcher_dict(text, "hypertune_settings", _EXAMPLE)
     except ValueError as error:
-        raise ParameterError(f"hypertune_settings is not JSON ({error.msg} at char {error.pos}); "
-                             "write JSON, e.g. true not True") from None
-    _require(isinstance(settings, dict) and isinstance(settings.get("hyperparameters"), dict),
-             'hypertune_settings must be a JSON object with a "hyperparameters" object '
+        raise ParameterError(str(error)) from None
+    _require(isinstance(settings.get("hyperparameters"), dict),
+             'hypertune_settings must be an object with a "hyperparameters" object '
              "(AI Platform TrainingInput)")
     try:
         parse_spec(settings["hyperparameters"])

@@ -417,7 +417,7 @@ JOB_ERRORS = [
     ("SELECT nope FROM `covertype_dataset.covertype`", {}, "query failed: Binder Error"),
     ("SELECT 1; SELECT 2", {}, "expected one SQL statement, got 2"),
     ("CREATE SCHEMA `local.other`", {}, "only a SELECT query can write a destination table"),
-    (split_query((9,)), {"job_config": "{nope"}, "job_config is not valid JSON"),
+    (split_query((9,)), {"job_config": "{nope"}, "job_config is neither JSON nor a Python literal"),
     (split_query((9,)), {"job_config": '{"query": {"destinationTable": {}}}'},
      "job_config: unsupported query keys ['destinationTable']"),
     (split_query((9,)), {"job_config": '{"query": {"useLegacySql": true}}'},

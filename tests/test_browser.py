@@ -43,6 +43,15 @@ TOPOLOGY = [
     ("condition-1", ["evaluate-model", "train-final-model"], ""),
     ("deploy-model", [], "condition-1"),
 ]
+# What the DAG engine records of each step: the component it runs and its role (roles.py).
+COMPONENTS = {"create-splits-dataset": ("gcp/bigquery/query", "query"),
+              "create-training-split": ("gcp/bigquery/query", "query"),
+              "create-validation-split": ("gcp/bigquery/query", "query"),
+              "create-testing-split": ("gcp/bigquery/query", "query"),
+              "tune-hyperparameters": ("gcp/ml_engine/train", "tuning"),
+              "train-final-model": ("gcp/ml_engine/train", "training"),
+              "evaluate-model": ("", "evaluation"),
+              "deploy-model": ("gcp/ml_engine/deploy", "deploy")}
 SUCCEEDED_ID, FAILED_ID, SKIPPED_ID, RUNNING_ID, BARE_ID, CORRUPT_ID = (
     "20261126-070000-aaaaaa", "20261126-080000-bbbbbb", "20261126-090000-cccccc",
     "20261126-100000-dddddd", "20261125-000000-eeeeee", "20261125-000000-ffffff")
@@ -78,6 +87,7 @@ def _step_status(statuses: dict[str, str], default: str) -> dict[str, StepRecord
             end=f"2026-11-26T07:01:{index:02d}.000Z" if ran and status != records.RUNNING else "",
             duration_s=60.0 + index if ran and status != records.RUNNING else None,
             attempts=1 if ran else 0)
+        steps[name].component, steps[name].role = COMPONENTS.get(name, ("", ""))
     return steps
 
 
@@ -132,7 +142,7 @@ def _job(home: Path, job_id: str, run_id: str, state: str = "SUCCEEDED",
             trial["finalMetric"] = {"trainingStep": "0", "objectiveValue": OBJECTIVES[trial_id]}
         job_trials.append(trial)
     job = {"jobId": job_id, "state": state, "createTime": "2026-11-26T07:01:59Z",
-           "trainingInput": {"masterConfig": {"imageUri": "covertype/trainer:latest"},
+           "trainingInput": {"masterConfig": {"imageUri": "covertype/trainer_image:latest"},
                              "jobDir": f"/tmp/gcs/jobdir/hypertune/{run_id}",
                              "hyperparameters": {"goal": "MAXIMIZE", "maxTrials": 6,
                                                  "hyperparameterMetricTag": "accuracy"}},
@@ -217,7 +227,7 @@ def _get(server: EmulatorServer, path: str) -> httpx.Response:
 
 
 def _nodes(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)"', html))
+    return dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)[^"]*"', html))
 
 
 def test_runs_list_newest_first_with_status_metric_and_deployment(server):
@@ -307,7 +317,7 @@ def test_skipped_deploy_run_page_says_why_not_deployed(server):
     assert "0.6500</b> \u2264 threshold 0.69" in html and ">not passed</span>" in html
     assert ('id="not-deployed-reason">metric 0.6500 is not above the threshold 0.69' in html)
     assert "when &#x27;0.65 &gt; 0.69&#x27; is false" in html
-    assert "Tuning job tune_gone: job projects/local/jobs/tune_gone not found" in html
+    assert "Tuning job tune_gone: job tune_gone not found" in html
 
 
 def test_bare_and_unreadable_records(server):
@@ -315,7 +325,7 @@ def test_bare_and_unreadable_records(server):
     assert response.status_code == 200
     html = response.text
     assert "No steps recorded." in html and "No parameters recorded." in html
-    assert "This run has no tune-hyperparameters step." in html
+    assert "This run has no tuning step." in html
     assert "Not evaluated: the run failed before evaluation: no package" in html
     corrupt = _get(server, f"/runs/{CORRUPT_ID}")
     assert corrupt.status_code == 500 and "is not a readable run record" in corrupt.text

@@ -29,6 +29,7 @@ from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.registry import Registry
 from pipeline.local.summary import RunSummary
 from pipeline.local.training import render_job
+from pipeline.local.tuning_jobs import tuning_job
 
 ROWS = "20000"
 QUICK = ["--param", "hypertune_settings=" + json.dumps({"hyperparameters": {
@@ -207,8 +208,8 @@ def test_kill_9_at_random_moments_then_resume_ends_like_an_uninterrupted_run(
     assert reference.returncode == 0, reference.stdout + reference.stderr
     (uninterrupted,) = _runs(home)
     expected_model = _model_bytes(home, uninterrupted)
-    expected = RunSummary.of(uninterrupted)
-    assert expected.deployed_version
+    expected = RunSummary.of(uninterrupted, tuning_job(uninterrupted, home)[0])
+    assert expected.deployed_version and expected.best_trial
 
     delays = random.Random(20261203)
     command = _run_args(compiled_package, "--no-cache")
@@ -232,7 +233,7 @@ def test_kill_9_at_random_moments_then_resume_ends_like_an_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     record = RunStore(home / "runs").load(run_id)
     assert record.status == "Succeeded" and record.resumes == len(KILL_STEPS)
-    summary = RunSummary.of(record)
+    summary = RunSummary.of(record, tuning_job(record, home)[0])
     assert (summary.best_trial, summary.metric_value) == (expected.best_trial,
                                                           expected.metric_value)
     assert {name: step.files for name, step in record.steps.items()} == {

@@ -19,6 +19,7 @@ from pipeline.local.records import RunRecord, RunStore
 from pipeline.local.registry import Registry
 from pipeline.local.summary import RunSummary
 from pipeline.local.training import render_job
+from pipeline.local.tuning_jobs import tuning_job
 
 ROWS = "20000"
 COVERTYPE = str(Path(sys.executable).with_name("covertype"))
@@ -89,8 +90,9 @@ def test_run_record_and_artifacts(deployed):
     trials = job["trainingOutput"]["trials"]
     assert len(trials) == 6 and job["state"] == "SUCCEEDED"
     best = max(trials, key=lambda trial: trial["finalMetric"]["objectiveValue"])
-    assert float(RunSummary.of(record).best_trial["alpha"]) == float(
-        best["hyperparameters"]["alpha"])
+    summary = RunSummary.of(record, tuning_job(record, home)[0])  # the CLI's summary
+    assert float(summary.best_trial["alpha"]) == float(best["hyperparameters"]["alpha"])
+    assert float(summary.best_trial["metric_value"]) == best["finalMetric"]["objectiveValue"]
 
 
 def test_runs_list_and_show(deployed):
@@ -124,7 +126,7 @@ def test_run_browser_renders_the_real_run(deployed, monkeypatch):
         listing = httpx.get(f"{server.url}/", timeout=30)
     assert page.status_code == listing.status_code == 200
     html = page.text
-    nodes = dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)"', html))
+    nodes = dict(re.findall(r'<g id="node-([^"]+)" class="node status-(\w+)[^"]*"', html))
     assert nodes == {name: "succeeded" for name in record.steps}
     assert set(re.findall(r'<tr id="step-([^"]+)"', html)) == set(record.steps)
     assert sorted(re.findall(r'<tr id="trial-(\d+)"', html), key=int) == sorted(

@@ -257,7 +257,7 @@ def test_cloud_targets_stop_without_their_settings(tmp_path, api, target, missin
 @pytest.mark.parametrize("overrides, message", [
     ({"EVALUATION_METRIC_THRESHOLD": "high"}, "evaluation_metric_threshold 'high' is not a number"),
     ({"VERSION_ID": "v1;drop"}, "version_id 'v1;drop' is not an AI Platform name"),
-    ({"HYPERTUNE_SETTINGS": "{'goal': True}"}, "hypertune_settings is not JSON"),
+    ({"HYPERTUNE_SETTINGS": "{'goal': True"}, "hypertune_settings is neither JSON nor a Python"),
     ({"PROJECT_ID": "demo"}, "project_id 'demo' is not a GCP project id"),
 ])
 def test_run_refuses_bad_parameters_before_sending(tmp_path, api, workflow, overrides, message):

@@ -27,6 +27,7 @@ from pipeline.local.errors import (
     ServiceError,
 )
 from pipeline.local.home import registry_dir, storage_root
+from pipeline.local.launcher import parse_inputs
 from pipeline.local.registry import Registry
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 from pipeline.schema import (
@@ -377,10 +378,11 @@ def test_http_errors_change_nothing(emulator: EmulatorServer, artifacts: dict,
 # the deploy action ---------------------------------------------------------------------------
 
 def _deploy(folder: Path, version_id: str = "v01", **inputs: str) -> dict[str, str]:
-    """The deploy action called the way the launcher calls it: every input a string."""
-    return deploy(model_uri=str(folder), project_id="test-project",
-                  model_id="covertype_classifier", version_id=version_id,
-                  runtime_version="1.15", python_version="3.7", **inputs)
+    """The deploy action called the way the launcher calls it: every input the text of its
+    flag, parsed as the 0.2.5 launcher's fire parses it."""
+    return deploy(**parse_inputs({
+        "model_uri": str(folder), "project_id": "test-project", "model_id": "covertype_classifier",
+        "version_id": version_id, "runtime_version": "1.15", "python_version": "3.7", **inputs}))
 
 
 def test_deploy_end_to_end(emulator: EmulatorServer, artifacts: dict, registry: Registry,
@@ -399,7 +401,7 @@ def test_deploy_end_to_end(emulator: EmulatorServer, artifacts: dict, registry: 
     assert (served.predict(sample) == original.predict(sample)).all()
 
 
-@pytest.mark.parametrize("flag", ["False", "Fasle", "false"])
+@pytest.mark.parametrize("flag", ["False", "Fasle"])
 def test_deploy_without_replace_refuses_and_keeps_the_version(
         emulator: EmulatorServer, artifacts: dict, registry: Registry, flag: str) -> None:
     _deploy(artifacts["good"])
@@ -471,10 +473,13 @@ def test_deploy_set_default_and_stable_default_ids(emulator: EmulatorServer, art
     ("missing", {}, "cannot be listed"),
     ("good/model.pkl", {}, "is not a folder"),
     ("good", {"replace_existing_version": "yes"}, "is not a boolean"),
+    # fire keeps 'false' as text, which the 0.2.5 deploy would read as true
+    ("good", {"replace_existing_version": "false"}, "is not a boolean"),
     ("good", {"set_default": "1"}, "is not a boolean"),
-    ("good", {"model": "[1]"}, "must be a JSON object"),
-    ("good", {"version": "{nope"}, "is not valid JSON"),
-    ("good", {"wait_interval": "soon"}, "positive whole number"),
+    ("good", {"model": "[1]"}, r"model is list \[1\], not an object"),
+    ("good", {"version": "{nope"}, "version is neither JSON nor a Python literal"),
+    ("good", {"model_id": "123"}, "model_id is a number once the launcher has parsed it"),
+    ("good", {"wait_interval": "soon"}, "is not a whole number >= 1"),
 ])
 def test_deploy_refuses_bad_inputs_before_any_change(emulator: EmulatorServer, artifacts: dict,
                                                      registry: Registry, folder: str,

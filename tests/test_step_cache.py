@@ -105,10 +105,11 @@ def _recount(home: Path, table: str) -> dict[str, list[tuple[str, ...]]]:
     return splits
 
 
-def _assert_splits_match(home: Path, table: str = "covertype_dataset.covertype") -> None:
+def _assert_splits_match(home: Path, table: str = "covertype_dataset.covertype",
+                         staging: str = "staging") -> None:
     expected = _recount(home, table)
     for split in SPLIT_LOTS:
-        with open(home / f"gcs/staging/datasets/{split}/data.csv", newline="") as stream:
+        with open(home / f"gcs/{staging}/datasets/{split}/data.csv", newline="") as stream:
             header, *rows = [tuple(row) for row in csv.reader(stream)]
         assert header == expected["header"][0]
         assert len(rows) == len(expected[split]), split
@@ -127,9 +128,10 @@ def _entries_in_place(home: Path) -> dict[str, Path]:
     return entries
 
 
-def _run(home: Path, package: Path, *args: str) -> RunRecord:
+def _run(home: Path, package: Path, *args: str, env: dict | None = None) -> RunRecord:
     options = QUICK if "tune-hyperparameters" in package.read_text() else []
-    result = covertype(home, "run", "--local", "--package", str(package), *options, *args)
+    result = covertype(home, "run", "--local", "--package", str(package), *options, *args,
+                       env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     record = _newest(home)
     assert record.status == "Succeeded"
@@ -253,3 +255,17 @@ def test_editing_or_duplicating_a_row_invalidates(tmp_path, splits_package):
     assert xor_digest() == before  # the duplicate pairs cancel out in an XOR digest
     assert _cached_splits(_run(home, splits_package, *source)) == set()
     _assert_splits_match(home, table)
+
+
+def test_gs_outputs_without_an_emulator_are_cached_from_the_local_storage(tmp_path,
+                                                                         splits_package):
+    """gs://BUCKET/PATH is <storage>/BUCKET/PATH; the runner digests it there (it once asked
+    real Cloud Storage, waited over a minute per step and cached nothing)."""
+    home = tmp_path / "home"
+    options = ["--rows", "3000", "--param", "gcs_root=gs://lab-bucket/staging"]
+    no_emulator = {"STORAGE_EMULATOR_HOST": ""}
+    assert _cached_splits(_run(home, splits_package, *options, env=no_emulator)) == set()
+    _assert_splits_match(home, staging="lab-bucket/staging")
+    (home / "gcs/lab-bucket/staging/datasets/testing/data.csv").unlink()
+    assert _cached_splits(_run(home, splits_package, *options, env=no_emulator)) == SPLIT_STEPS
+    _assert_splits_match(home, staging="lab-bucket/staging")

@@ -29,7 +29,7 @@ from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 from pipeline.trainer import load_trainer
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = "gcr.io/local/covertype-trainer:latest"
+IMAGE = "gcr.io/local/trainer_image:latest"
 
 
 class MarkerPickle:

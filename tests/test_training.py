@@ -22,12 +22,13 @@ from pipeline.hypertune import HypertuneSpecError, parse_spec
 from pipeline.local.actions.train import train
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.home import jobs_dir, storage_root
+from pipeline.local.launcher import parse_inputs
 from pipeline.local.tuning import Tuner, seed_for
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "local"
-IMAGE = "gcr.io/local/covertype-trainer:latest"
+IMAGE = "gcr.io/local/trainer_image:latest"
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -224,6 +225,11 @@ def test_trials_without_the_metric_fail_the_job(emulator, datasets) -> None:
     assert job["errorMessage"].startswith("all 1 trials failed; last trial 1: reported no finite")
 
 
+def _train(**flags: str) -> dict[str, str]:
+    """The train action called as the launcher calls it: each flag's text parsed by fire."""
+    return train(**parse_inputs(flags))
+
+
 def test_train_action_end_to_end(emulator, datasets, monkeypatch, capsys) -> None:
     ml, home = emulator
     monkeypatch.setenv("KFP_POD_NAME", "covertype-run-abc12-3456")
@@ -232,22 +238,24 @@ def test_train_action_end_to_end(emulator, datasets, monkeypatch, capsys) -> Non
         "args": json.dumps(_job("x", datasets, home, None)["trainingInput"]["args"]),
         "job_dir": str(_jobdir(home) / "action"),
         "master_image_uri": IMAGE,
-        "training_input": json.dumps(
-            {"hyperparameters": _hyper(MAX_ITER, maxTrials=2, maxParallelTrials=2)}),
+        # a Python literal, as the lab writes its settings: the launcher's fire reads it
+        "training_input": repr({"hyperparameters": _hyper(
+            MAX_ITER, maxTrials=2, maxParallelTrials=2, enableTrialEarlyStopping=True)}),
         "job_id_prefix": "hypertune_",
         "wait_interval": "30",
     }
     started = time.monotonic()
-    outputs = train(**inputs)
+    outputs = _train(**inputs)
     assert time.monotonic() - started < 20  # polled every 0.5 s, not every 30 s
     assert outputs == {"job_id": outputs["job_id"], "job_dir": inputs["job_dir"]}
     assert outputs["job_id"].startswith("hypertune_") and len(outputs["job_id"]) == 26
     job = _get(ml, outputs["job_id"])
     assert job["trainingInput"]["masterConfig"] == {"imageUri": IMAGE}
+    assert job["trainingInput"]["hyperparameters"]["enableTrialEarlyStopping"] is True
     assert job["trainingOutput"]["completedTrialCount"] == "2"
     printed = capsys.readouterr().out
     assert "trial 1 " in printed and "-> accuracy=" in printed  # RUNNING may end before a poll
-    assert train(**inputs) == outputs  # a retried step finds its own job (HTTP 409)
+    assert _train(**inputs) == outputs  # a retried step finds its own job (HTTP 409)
     assert "was submitted before" in capsys.readouterr().out
 
 
@@ -257,7 +265,9 @@ def test_train_action_cancels_its_job_on_sigterm(emulator, datasets) -> None:
               "args": json.dumps(_job("x", datasets, home, None)["trainingInput"]["args"]),
               "job_dir": str(_jobdir(home) / "sigterm"), "training_input": json.dumps(
                   {"hyperparameters": _hyper(MAX_ITER, maxTrials=2)})}
-    code = f"from pipeline.local.actions.train import train; train(**{inputs!r})"
+    code = ("from pipeline.local.actions.train import train; "
+            "from pipeline.local.launcher import parse_inputs; "
+            f"train(**parse_inputs({inputs!r}))")
     env = {**os.environ, "KFP_POD_NAME": "covertype-run-sigterm"}
     step = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                             text=True)
@@ -275,18 +285,22 @@ def test_train_action_errors(emulator, datasets, monkeypatch) -> None:
     ml, home = emulator
     monkeypatch.setenv("KFP_POD_NAME", "covertype-run-fail-1")
     before = sorted(jobs_dir(home).iterdir())
-    with pytest.raises(ValueError, match="training_input is not valid JSON .*true/false"):
-        train(PROJECT, training_input='{"hyperparameters": {"enableTrialEarlyStopping": True}}')
+    with pytest.raises(ValueError, match="training_input is neither JSON nor a Python literal"):
+        _train(project_id=PROJECT, training_input='{"hyperparameters": }')
     with pytest.raises(ValueError, match=r"args\[1\] is 3, not a string"):
-        train(PROJECT, args='["--alpha", 3]')
+        _train(project_id=PROJECT, args='["--alpha", 3]')
+    with pytest.raises(ValueError, match="args is not a list once the launcher has parsed it"):
+        _train(project_id=PROJECT, args="--alpha 3")
+    with pytest.raises(ValueError, match="job_id_prefix is a number once the launcher"):
+        _train(project_id=PROJECT, job_id_prefix="2024")
     with pytest.raises(ValueError, match="refused: trainingInput.masterConfig.imageUri is requ"):
-        train(PROJECT, args='["--alpha", "3"]')
+        _train(project_id=PROJECT, args='["--alpha", "3"]')
     assert sorted(jobs_dir(home).iterdir()) == before
     args = _job("x", datasets, home, None, hptune=False)["trainingInput"]["args"]
     with pytest.raises(RuntimeError, match=r"failed with state FAILED\. Error: The replica "
                                            r"master exited .* --alpha=-1 must be"):
-        train(PROJECT, args=json.dumps([*args, "--alpha=-1"]), master_image_uri=IMAGE,
-              job_dir=str(_jobdir(home) / "action_fail"))
+        _train(project_id=PROJECT, args=json.dumps([*args, "--alpha=-1"]),
+               master_image_uri=IMAGE, job_dir=str(_jobdir(home) / "action_fail"))
 
 
 BAD_HYPERPARAMETERS = [

@@ -31,11 +31,11 @@ DONE_ID, RUNNING_ID = "20261203-070000-vvvvvv", "20261203-080000-wwwwww"
 STEPS = ("tune-hyperparameters", "retrieve-best-run", "train-final-model", "evaluate-model",
          "deploy-model")
 POOL = {"machineSpec": {"machineType": "n1-standard-4"}, "replicaCount": "1",
-        "containerSpec": {"imageUri": "trainer", "args": []}}
+        "containerSpec": {"imageUri": "local/trainer_image", "args": []}}
 
 
 def _tuning_job(ai: object, datasets: tuple[str, str], output: Path) -> dict:
-    pool = {**POOL, "containerSpec": {"imageUri": "trainer", "args": [
+    pool = {**POOL, "containerSpec": {"imageUri": "local/trainer_image", "args": [
         "--training_dataset_path", datasets[0], "--validation_dataset_path", datasets[1],
         "--hptune", "True", f"--job-dir={output}"]}}
     body = {"displayName": "tune", "maxTrialCount": 3, "parallelTrialCount": 3,
@@ -71,9 +71,18 @@ def _deployment(ai: object, folder: Path) -> tuple[str, str]:
     return endpoint, operation["response"]["deployedModel"]["id"]
 
 
+# What the DAG engine records of each step: the component it runs and its role (roles.py).
+COMPONENTS = {"tune-hyperparameters": ("vertex/hyperparameter_tuning_job", "tuning"),
+              "train-final-model": ("vertex/custom_job", "training"),
+              "evaluate-model": ("", "evaluation"),
+              "deploy-model": ("vertex/deploy_model", "deploy")}
+
+
 def _record(run_id: str, status: str, step_status: str) -> RunRecord:
     steps = {name: StepRecord(name=name, template=name, status=step_status,
-                              dependencies=[STEPS[index - 1]] if index else [])
+                              dependencies=[STEPS[index - 1]] if index else [],
+                              component=COMPONENTS.get(name, ("", ""))[0],
+                              role=COMPONENTS.get(name, ("", ""))[1])
              for index, name in enumerate(STEPS)}
     return RunRecord(run_id, "covertype-classifier-training", "p.yaml",
                      {"project_id": "local", "evaluation_metric_threshold": "0.69"},

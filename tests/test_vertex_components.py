@@ -442,7 +442,8 @@ def test_against_the_local_stand_in_polls_fast(monkeypatch):
     ({"hypertune_settings": '{"hyperparameters": {"goal": "MAXIMIZE", "params": [], '
                             '"resumePreviousJobId": "j1"}}'},
      "hypertune_settings.hyperparameters.resumePreviousJobId has no Vertex AI equivalent"),
-    ({"hypertune_settings": "{'hyperparameters': {}}"}, "hypertune_settings is not JSON"),
+    ({"hypertune_settings": "{'hyperparameters': }"},
+     "hypertune_settings is neither JSON nor a Python literal"),
     ({"args": '["--alpha", 0.1]'}, "args[1] is 0.1, not a string; quote every argument"),
     ({"project_id": "a/b"}, "project_id='a/b' is not an id"),
     ({"base_output_directory": "bucket/dir"}, "base_output_directory='bucket/dir' is not a "

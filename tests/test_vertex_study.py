@@ -121,7 +121,7 @@ def test_the_service_defaults_fill_what_the_settings_leave_out():
                        "discreteValues": list(range(1001))}]),
      "hypertune_settings parameter 'k' has 1001 discreteValues; Vertex AI takes at most 1000"),
     (settings(enableTrialEarlyStopping="yes"),
-     "hypertune_settings.hyperparameters.enableTrialEarlyStopping is 'yes'; use true or false"),
+     "trainingInput.hyperparameters.enableTrialEarlyStopping is 'yes'; use true or false"),
     (settings(goal="BEST"), "trainingInput.hyperparameters.goal is 'BEST'; set it to MAXIMIZE"),
     ({"trainingInput": settings()}, 'hypertune_settings must be a JSON object with a '
                                     '"hyperparameters" object'),

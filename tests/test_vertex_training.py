@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = discovery.document("aiplatform", "v1")
 REGION = "us-central1"
 PARENT = f"projects/local/locations/{REGION}"
-IMAGE = "us-docker.pkg.dev/local/covertype/trainer:latest"
+IMAGE = "us-docker.pkg.dev/local/covertype/trainer_image:latest"
 TERMINAL = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 ALPHA = {"parameterId": "alpha", "doubleValueSpec": {"minValue": 0.0001, "maxValue": 0.001},
          "scaleType": "UNIT_LOG_SCALE"}

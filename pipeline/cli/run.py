@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import one_line
@@ -46,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="continue a failed or interrupted run from its last finished steps")
     run.add_argument("--run-id", help="id of the new run (default: a new one); the local KFP "
                                       "API passes its run's id")
+    run.add_argument("--image", action="append", default=[], metavar="NAME=PROGRAM.py",
+                     help="run training jobs of image NAME (with or without its tag) as this "
+                          "Python program; images named .../trainer_image run the local trainer "
+                          "without it; repeatable")
     run.set_defaults(func=_run)
     runs = subparsers.add_parser("runs", help="list or show local runs")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
@@ -73,6 +78,22 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--param {pair!r} is not NAME=VALUE; e.g. --param version_id=v02")
         params[name.strip()] = value
     return params
+
+
+def parse_images(pairs: list[str]) -> dict[str, str]:
+    """`--image NAME=path/to/program.py` values to {image: absolute program path}."""
+    images = {}
+    for pair in pairs:
+        name, sep, program = pair.partition("=")
+        path = Path(program).expanduser()
+        if not sep or not name.strip() or any(char.isspace() for char in name.strip()):
+            raise ValueError(f"--image {pair!r} is not NAME=path/to/program.py; e.g. --image "
+                             "gcr.io/my-project/my_trainer=trainer/task.py")
+        if path.suffix != ".py" or not path.is_file():
+            raise ValueError(f"--image {pair!r}: {program!r} is not a Python program file; "
+                             "give the path of the .py file the image runs")
+        images[name.strip()] = str(path.resolve())
+    return images
 
 
 class Progress:
@@ -134,8 +155,6 @@ class Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pipeline.local import records
     from pipeline.local.data import parse_rows
     from pipeline.local.processes import RunInterrupted, signals_raise
@@ -143,13 +162,15 @@ def _run(args: argparse.Namespace) -> int:
 
     console = make_console()
     params = parse_params(args.param)
+    images = parse_images(args.image)
     rows = parse_rows(args.rows)
     if args.resume and (params or args.package or args.run_id):
         raise ValueError("--resume continues a run with its own package and parameters; "
                          "drop --param/--package/--run-id")
     progress = Progress(console)
     callbacks = {"on_step": progress.step, "on_line": progress.line, "on_start": progress.start,
-                 "use_cache": not args.no_cache, "warm": False if args.cold else None}
+                 "use_cache": not args.no_cache, "images": images,
+                 "warm": False if args.cold else None}
     with signals_raise():
         try:
             try:
@@ -187,8 +208,10 @@ def print_summary(console: Console, record: RunRecord) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from pipeline.local.home import local_home
     from pipeline.local.records import RunStore
     from pipeline.local.summary import RunSummary, steps_in_order
+    from pipeline.local.tuning_jobs import tuning_job  # the training core: only when shown
 
     store = RunStore()
     style = STATUS_STYLE.get(record.status, "")
@@ -204,7 +227,7 @@ def print_summary(console: Console, record: RunRecord) -> None:
         table.add_row(Text(step.name), f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
                       duration, Text(note[:90]))
     console.print(table)
-    summary = RunSummary.of(record)
+    summary = RunSummary.of(record, tuning_job(record, local_home())[0])
     if summary.outputs:
         outputs = Table("step", "output", "value", box=None, title="Outputs", title_justify="left")
         for step, values in summary.outputs.items():

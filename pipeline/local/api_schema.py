@@ -3,7 +3,9 @@
 Shared by the local stand-ins of ml v1 and aiplatform v1: unknown fields are refused (nested
 too), output-only fields are dropped as the cloud ignores them, a value of the wrong JSON type
 is refused, and numbers are put in their proto3 JSON form (int64 as a decimal string, int32 as
-a JSON integer), so a stored request reads back exactly as Google's server would print it.
+a JSON integer), so a stored request reads back exactly as Google's server would print it. As
+Google's parser does, a boolean field also takes the text "true" or "false" (what the 0.2.5
+launcher's fire makes of JSON's true and false) and stores the boolean.
 Enum values are left to the surface that reads the field: it names the field and the fix.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pipeline.launcher_values import google_boolean
 from pipeline.local.errors import InvalidArgument
 
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -90,8 +93,8 @@ def _scalar(kind: str | None, fmt: str | None, value: Any, where: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return value
     elif kind == "boolean":
-        if isinstance(value, bool):
-            return value
+        if (boolean := google_boolean(value)) is not None:
+            return boolean
     elif kind == "string":
         if isinstance(value, str):
             return value

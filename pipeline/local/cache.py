@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
+from pipeline.local.storage import local_gcs_path
 
 if TYPE_CHECKING:
     import duckdb
 
 BIGQUERY_LAUNCHER = "kfp_component.google.bigquery"
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3  # 3: files named by artifacts too
+NAMED_FILE_LIMIT = 4096  # an artifact larger than this is data, not a file name
 # Pod identity changes on every run and attempt; it is not an input of the step.
 _IDENTITY_ENV = {"KFP_POD_NAME", "KFP_POD_UID", "KFP_NAMESPACE", "WORKFLOW_ID", "KFP_RUN_ID",
                  "ENABLE_CACHING"}
@@ -265,7 +267,7 @@ class StepCache:
                         "artifacts": {name: _keep(staging, Path(path).read_bytes())
                                       for name, path in sorted(artifacts.items())},
                         "files": {}, "tables": {}}
-            for value in outputs.values():
+            for value in named_files(outputs, artifacts):
                 content = _output_file(value)
                 if content is not None:
                     manifest["files"][value] = _keep(staging, content)
@@ -326,6 +328,7 @@ def _output_file(value: str) -> bytes | None:
     Raises:
         NotCacheable: the value names a folder, whose contents the cache cannot vouch for.
     """
+    value = local_gcs_path(value)
     if value.startswith("gs://"):
         fs = _gcs()
         if fs.isdir(value):
@@ -339,10 +342,24 @@ def _output_file(value: str) -> bytes | None:
     return None
 
 
-def output_digests(outputs: dict[str, str]) -> dict[str, str]:
-    """sha256 of each file that an output parameter value names (folders and others skipped)."""
+def named_files(outputs: dict[str, str], artifacts: dict[str, str]) -> list[str]:
+    """The values that may name a file a step wrote: its output parameters, and its artifacts
+    that hold one path or URI (a UriOutput, such as the BigQuery component's output_gcs_path,
+    names the CSV the step exported), whichever of them a later step happens to consume."""
+    values = list(outputs.values())
+    for path in artifacts.values():
+        try:
+            if os.path.getsize(path) <= NAMED_FILE_LIMIT:
+                values.append(Path(path).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+    return list(dict.fromkeys(values))
+
+
+def output_digests(values: list[str]) -> dict[str, str]:
+    """sha256 of each file a value names (folders and other values skipped)."""
     digests = {}
-    for value in outputs.values():
+    for value in values:
         try:
             content = _output_file(value)
         except (NotCacheable, OSError):
@@ -367,6 +384,7 @@ def changed_files(digests: dict[str, str]) -> list[str]:
 
 def _put_file(target: str, content: bytes, digest: str) -> None:
     """Make `target` hold `content`: left alone when it already does, else written atomically."""
+    target = local_gcs_path(target)
     if target.startswith("gs://"):
         fs = _gcs()
         if not (fs.isfile(target) and hashlib.sha256(fs.cat_file(target)).hexdigest() == digest):

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.errors import one_line
-from pipeline.local import records
+from pipeline.local import records, roles
 from pipeline.local.argo import (
     WorkflowError,
     aggregate,
@@ -400,8 +400,11 @@ class DagEngine:
 
     # Records --------------------------------------------------------------------------------
     def _declare(self, node: Node, template: str, dependencies: list[str]) -> StepRecord:
+        spec = self.workflow.templates.get(template, {})
+        component = roles.component_of(spec)
         return self.store.add_step(self.record, StepRecord(
-            name=node.key, template=template, parent=node.parent, dependencies=dependencies))
+            name=node.key, template=template, parent=node.parent, dependencies=dependencies,
+            component=component, role=roles.role_of(spec, component)))
 
     def _declare_dag(self, template_name: str, node: Node) -> None:
         """Record the steps known before the run: everything outside loops and recursion."""

@@ -1,9 +1,10 @@
 """Local stand-in for `python -u -m kfp_component.launcher` of the ml-pipeline-gcp image.
 
 Takes the same command line the GCP component specs give the cloud launcher:
-`--ui_metadata_path P kfp_component.google.<service> <action> --input value ...`, runs the
-local action of the same name, and writes the outputs to the files the spec's `fileOutputs`
-name, below `$COVERTYPE_STEP_ROOT` (the local runner's stand-in for the container's `/`).
+`--ui_metadata_path P kfp_component.google.<service> <action> --input value ...`, parses each
+value as the cloud launcher's fire does, runs the local action of the same name, and writes
+the outputs to the files the spec's `fileOutputs` name, below `$COVERTYPE_STEP_ROOT` (the
+local runner's stand-in for the container's `/`).
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pipeline.atomic import write_atomic
+from pipeline.launcher_values import launcher_value
 from pipeline.settings import COMPONENTS_DIR
 
 STEP_ROOT_ENV = "COVERTYPE_STEP_ROOT"
@@ -54,11 +57,17 @@ def parse_command_line(argv: list[str]) -> tuple[str, str, str, dict[str, str]]:
                                               zip(rest[::2], rest[1::2], strict=True)}
 
 
+def parse_inputs(inputs: dict[str, str]) -> dict[str, Any]:
+    """Each input as the real launcher hands it to the action: parsed by fire
+    (pipeline.launcher_values), so `True`, `None`, numbers, dicts and lists arrive as such."""
+    return {name: launcher_value(value) for name, value in inputs.items()}
+
+
 def launch(argv: list[str]) -> dict[str, str]:
     """Run one component action and write its outputs; return them."""
     ui_metadata_path, module, action, inputs = parse_command_line(argv)
     executor = importlib.import_module(f"pipeline.local.actions.{action}")
-    outputs = getattr(executor, action)(**inputs)
+    outputs = getattr(executor, action)(**parse_inputs(inputs))
     root = Path(os.environ.get(STEP_ROOT_ENV, "/"))
     for name, path in _file_outputs()[(module, action)].items():
         write_atomic(root / path.lstrip("/"), str(outputs[name]))

@@ -69,6 +69,8 @@ class StepRecord:
     # sha256 of each file an output parameter names (e.g. a split CSV): a resumed run checks
     # that no other run has changed them since.
     files: dict[str, str] = field(default_factory=dict)
+    component: str = ""  # what it runs, e.g. gcp/ml_engine/deploy (pipeline/local/roles.py)
+    role: str = ""  # what it does: tuning, training, deploy, query, evaluation or ''
 
 
 @dataclass

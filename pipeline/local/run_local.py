@@ -19,9 +19,13 @@ from pipeline.local.home import LOCAL_PROJECT_ID, cache_dir, local_home, storage
 from pipeline.local.owner import current_owner
 from pipeline.local.package import load_package
 from pipeline.local.processes import RunProcesses
-from pipeline.local.records import RUN_ID, RunRecord, RunStore, new_run_id
+from pipeline.local.records import RUN_ID, RunRecord, RunStore, StepRecord, new_run_id
 from pipeline.local.runner import LineCallback, LocalRunner, StepCallback
-from pipeline.local.storage import configure_storage_emulator, resolve_in_storage
+from pipeline.local.storage import (
+    configure_storage_emulator,
+    ensure_local_bucket,
+    resolve_in_storage,
+)
 from pipeline.local.warm import WarmExecutor
 from pipeline.local.warm_programs import DEPLOY_ACTIONS, TRAINING_ACTIONS, launcher_action
 from pipeline.local.workflow import Workflow
@@ -78,11 +82,13 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
               on_step: StepCallback | None = None, on_line: LineCallback | None = None,
               on_start: Callable[[RunRecord], None] | None = None,
               use_cache: bool = True, run_id: str | None = None,
+              images: Mapping[str, str] | None = None,
               warm: bool | None = None) -> RunRecord:
     """Run the pipeline end to end on this machine; returns the finished run record.
 
     Bad parameters, a bad package or an unusable source table fail before anything is
     written. `run_id` names the run (the local KFP API passes its run's id); default: new.
+    `images` maps training images to local programs (`--image`, see program_for_image).
     `warm=False` starts every step and trial as a new interpreter (default: forked from
     preloaded ones, unless COVERTYPE_COLD=1; see pipeline/local/warm.py).
     """
@@ -101,12 +107,15 @@ def run_local(package: Path | None, overrides: Mapping[str, str], rows: int,
             if parameters["source_table_name"] == data.SOURCE_TABLE:
                 data.ensure_source_table(rows)
             data.check_source_table(parameters["source_table_name"])
+        if "gcs_root" in parameters:
+            ensure_local_bucket(parameters["gcs_root"], storage_root(home))
         folder = store.folder(run_id)
         folder.mkdir(parents=True)
         write_atomic(folder / PACKAGE_FILE, load_package(compiled))  # YAML, whatever the format
     record = RunRecord(run_id=run_id, pipeline=workflow.name, package=str(package or ""),
                        parameters=parameters)
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start, warm)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start,
+                    images, warm)
 
 
 def _check_gcs_root(gcs_root: str, home: Path) -> None:
@@ -121,7 +130,8 @@ def _check_gcs_root(gcs_root: str, home: Path) -> None:
 def resume_local(run_id: str, on_step: StepCallback | None = None,
                  on_line: LineCallback | None = None,
                  on_start: Callable[[RunRecord], None] | None = None,
-                 use_cache: bool = True, warm: bool | None = None) -> RunRecord:
+                 use_cache: bool = True, images: Mapping[str, str] | None = None,
+                 warm: bool | None = None) -> RunRecord:
     """Continue a failed or interrupted run from its last finished steps."""
     configure_storage_emulator()
     home = local_home()
@@ -148,36 +158,65 @@ def resume_local(run_id: str, on_step: StepCallback | None = None,
     record.status, record.message, record.end, record.duration_s = records.RUNNING, "", "", None
     record.owner = current_owner()
     record.resumes += 1
-    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start, warm)
+    return _execute(workflow, record, store, home, use_cache, on_step, on_line, on_start,
+                    images, warm)
 
 
 def _execute(workflow: Workflow, record: RunRecord, store: RunStore, home: Path,
              use_cache: bool, on_step: StepCallback | None, on_line: LineCallback | None,
-             on_start: Callable[[RunRecord], None] | None, warm: bool | None) -> RunRecord:
+             on_start: Callable[[RunRecord], None] | None,
+             images: Mapping[str, str] | None, warm: bool | None) -> RunRecord:
     """Run the record's steps; SIGINT/SIGTERM stop it as Interrupted (RunInterrupted).
 
-    The emulator is built only when a step needs it (at once, in the background, when a step
-    runs a GCP or Vertex AI launcher); the zygotes the steps and trials need start in the
-    order the run reaches them, while the first steps run.
+    The emulator is built only when a step needs it (in the background once the first step
+    runs, when a step runs a GCP or Vertex AI launcher: their calls need it); the zygotes the
+    steps and trials need start in the order the run reaches them, while the first steps run.
     """
     if on_start:
         on_start(record)
-    cache = StepCache(cache_dir(home)) if use_cache else None
+    # The step cache keys a step by this checkout's code; programs mapped with --image lie
+    # outside it, so a run that maps images reuses nothing.
+    cache = StepCache(cache_dir(home)) if use_cache and not images else None
+    first_step = threading.Event()
+
+    def step_changed(step: StepRecord) -> None:
+        first_step.set()
+        if on_step:
+            on_step(step)
+
     with WarmExecutor(enabled=warm) as executor:
         processes = RunProcesses(executor)
         with processes.stop_on_signals(), EmulatorServer(
-                home, lazy=True, state={"warm_executor": executor}) as emulator:
+                home, lazy=True, state={"warm_executor": executor},
+                images=images) as emulator:
             processes.on_stop(lambda: _stop_training(emulator))
-            runner = LocalRunner(workflow, record, store, emulator.url, on_step, on_line,
+            runner = LocalRunner(workflow, record, store, emulator.url, step_changed, on_line,
                                  cache, processes)
-            actions = [action for command, _ in runner.warm_programs()
-                       if (action := launcher_action(command))]
+            actions = {action for command, _ in runner.warm_programs()
+                       if (action := launcher_action(command))}
+            run_over = threading.Event()
             if actions:
-                emulator.serve_soon()
-            if set(actions) & DEPLOY_ACTIONS:
-                threading.Thread(target=_prepare_deploy, args=(home,), daemon=True).start()
-            executor.prestart(_prestart_order(runner))
-            return runner.run()
+                threading.Thread(target=_prepare, daemon=True, name="prepare",
+                                 args=(first_step, run_over, emulator, home, actions)).start()
+            executor.prestart(_prestart_order(runner, trainer=not images))
+            try:
+                return runner.run()
+            finally:
+                run_over.set()
+                first_step.set()
+
+
+def _prepare(first_step: threading.Event, run_over: threading.Event, emulator: EmulatorServer,
+             home: Path, actions: set[tuple[str, str]]) -> None:
+    """Once the first step runs (not to slow the run's start), build the emulator app its
+    launchers will call, then what a deploy step needs: one after the other, in one thread."""
+    first_step.wait()
+    if run_over.is_set():
+        return
+    emulator.serve_soon()
+    emulator.app  # noqa: B018 - built here, or waited for while the server thread builds it
+    if actions & DEPLOY_ACTIONS:
+        _prepare_deploy(home)
 
 
 def _stop_training(emulator: EmulatorServer) -> None:
@@ -188,18 +227,19 @@ def _stop_training(emulator: EmulatorServer) -> None:
         engine.close()
 
 
-def _prestart_order(runner: LocalRunner) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """The steps' programs in the order the run reaches them, the trainer's right after the
-    first step that starts a training job (read in the executor's prestart thread). Trials see
-    the server as steps do (TrainingEngine.process_environment): the steps' environment."""
-    trainer_added = False
+def _prestart_order(runner: LocalRunner, trainer: bool,
+                    ) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The steps' programs in the order the run reaches them, the trainer's (unless `--image`
+    maps other programs) right after the first step that starts a training job (read in the
+    executor's prestart thread). Trials see the server as steps do
+    (TrainingEngine.process_environment): the steps' environment."""
     for command, env in runner.warm_programs():
         yield command, env
-        if not trainer_added and launcher_action(command) in TRAINING_ACTIONS:
-            from pipeline.local.training_run import program_for_image
+        if trainer and launcher_action(command) in TRAINING_ACTIONS:
+            from pipeline.local.training_run import TRAINER_PROGRAM  # pandas, optuna: if used
 
-            trainer_added = True
-            yield list(program_for_image("")), env
+            trainer = False
+            yield list(TRAINER_PROGRAM), env
 
 
 def _prepare_deploy(home: Path) -> None:

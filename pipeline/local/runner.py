@@ -19,14 +19,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import one_line
-from pipeline.local import records
+from pipeline.local import fixed_paths, records, roles
 from pipeline.local.argo import RetryStrategy, WorkflowError, substitute
-from pipeline.local.cache import CacheEntry, StepCache, output_digests, step_key
+from pipeline.local.cache import CacheEntry, StepCache, named_files, output_digests, step_key
 from pipeline.local.dag import DagEngine, StepCallback, StepFailed
+from pipeline.local.home import local_home
 from pipeline.local.launcher import STEP_ROOT_ENV
 from pipeline.local.processes import RunInterrupted, RunProcesses
 from pipeline.local.records import RunRecord, RunStore, StepRecord, resume_command
@@ -145,6 +147,8 @@ class LocalRunner:
 
         resolved = [substitute(str(part), scope) for part in
                     container.get("command", []) + container.get("args", [])]
+        if step.component == roles.ML_ENGINE_TRAIN and roles.tunes(resolved):
+            step.role = roles.TUNING
         command = _local_command([localise(part) for part in resolved])
         step_env = {item["name"]: (substitute(str(item.get("value", "")), scope)
                                    if "valueFrom" not in item
@@ -152,6 +156,18 @@ class LocalRunner:
                     for item in container.get("env", [])}
         env = self._environment({name: localise(value) for name, value in step_env.items()})
         env[STEP_ROOT_ENV] = str(root)
+        # Paths the program uses without naming them: a private /tmp, else one step at a time.
+        # (A local stand-in module writes its fixed outputs below STEP_ROOT_ENV.)
+        unnamed = [] if set(LOCAL_MODULES) & set(resolved) else fixed_paths.unnamed(
+            mapping, "\n".join([*resolved, *step_env.values()]))
+        private = (fixed_paths.private_tmp_command(command, root / "tmp", self._needed(step_dir),
+                                                   fixed_paths.env_paths(env))
+                   if unnamed and all(map(fixed_paths.under_tmp, unnamed))
+                   and fixed_paths.private_tmp_available() else None)
+        alone = unnamed if unnamed and private is None else []
+        command = private or command
+        note = fixed_paths.ALONE_NOTE.format(paths=", ".join(alone)) if alone else ""
+        inputs_in = [item["path"] for item in template.get("inputs", {}).get("artifacts", [])]
         retry = RetryStrategy.of(template)
         step.log = str((step_dir / "log.txt").relative_to(self.folder))
         step_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +196,10 @@ class LocalRunner:
             timeout, limited_by = _timeout(template, deadline)
             error = False
             try:
-                code, tail = self._execute(step, command, env, step_dir, attempt, timeout)
+                with (fixed_paths.one_at_a_time(alone, mapping, inputs_in) if alone
+                      else nullcontext()):
+                    code, tail = self._execute(step, command, env, step_dir, attempt, timeout,
+                                               note)
             except OSError as exc:  # the command could not start: Argo's Error phase
                 code, error = -1, True
                 message = f"step {step.name} could not start {command[0]!r}: {one_line(exc)}"
@@ -206,7 +225,7 @@ class LocalRunner:
         step.artifacts = {item["name"]: mapping[item["path"]]
                           for item in outputs.get("artifacts", [])
                           if Path(mapping[item["path"]]).exists()}
-        step.files = output_digests(step.outputs)
+        step.files = output_digests(named_files(step.outputs, step.artifacts))
         self.store.step_finished(self.record, step, records.SUCCEEDED)
         if key is not None:
             self.cache.store(key, step.outputs, step.artifacts)
@@ -216,11 +235,17 @@ class LocalRunner:
         self.store.step_started(self.record, step)
         step.artifacts = dict(entry.artifacts)
         step.outputs = dict(entry.outputs)
-        step.files = output_digests(step.outputs)
+        step.files = output_digests(named_files(step.outputs, step.artifacts))
         step.reused = "cache"
         step.attempts -= 1
         self.store.step_finished(self.record, step, records.SUCCEEDED,
                                  "reused from the step cache")
+
+    def _needed(self, step_dir: Path) -> list[Path]:
+        """What a step cannot run without, kept in its private /tmp: the local home, the run,
+        this checkout and the interpreter."""
+        return [local_home(), self.folder, step_dir, Path(__file__).resolve().parents[2],
+                Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)]
 
     def _field_ref(self, value_from: dict[str, Any], scope: dict[str, str],
                    template: dict[str, Any]) -> str:
@@ -249,12 +274,12 @@ class LocalRunner:
             raise WorkflowError(f"input artifact for {target} was not produced")
 
     def _execute(self, step: StepRecord, command: list[str], env: Mapping[str, str],
-                 cwd: Path, attempt: int, timeout: float | None = None,
+                 cwd: Path, attempt: int, timeout: float | None = None, note: str = "",
                  ) -> tuple[int | None, list[str]]:
         """Run one process, streaming its output to the log file and the progress callback.
 
         Returns its exit code (None if it was killed at `timeout` seconds, with everything it
-        started) and the last lines of its output.
+        started) and the last lines of its output. `note` goes first in the log.
 
         Raises:
             RunInterrupted: the run is stopping, and this process did not succeed.
@@ -263,6 +288,8 @@ class LocalRunner:
         with open(cwd / "log.txt", "a" if attempt else "w") as log:
             if attempt:
                 log.write(f"--- retry {attempt} ---\n")
+            if note:
+                log.write(note + "\n")
             process = self.processes.start(command, cwd, dict(env))
             step.process = started_as(process)
             try:

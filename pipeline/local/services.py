@@ -28,7 +28,8 @@ def training_engine(app: Any) -> TrainingEngine:
         if engine is None:
             engine = app.state.training_engine = TrainingEngine(
                 app.state.home, server_url=getattr(app.state, "url", None),
-                executor=getattr(app.state, "warm_executor", None))
+                executor=getattr(app.state, "warm_executor", None),
+                images=getattr(app.state, "images", None))
             app.router.on_shutdown.append(engine.close)
     return engine
 

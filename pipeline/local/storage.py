@@ -58,7 +58,7 @@ def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
                                   "'.' or '..' segments); use gs://BUCKET/FOLDER")
         if emulator:
             return uri
-        uri = str(root / bucket / path)  # the local storage, as a step's gs:// sees it
+        uri = local_gcs_path(uri, root)
     if "://" in uri or not os.path.isabs(uri):
         kind = "a URL" if "://" in uri else "relative"
         raise InvalidArgument(f"{what} {uri!r} is {kind}; use {allowed}")
@@ -68,3 +68,29 @@ def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
         raise InvalidArgument(f"{what} {uri} is outside the project's storage{resolved}; "
                               f"use {allowed}")
     return real
+
+
+def local_gcs_path(uri: str, root: Path | None = None) -> str:
+    """Where a gs:// URI's object lives when no storage emulator is configured: gs://BUCKET/PATH
+    is `<root>/BUCKET/PATH`, as the local GCS JSON API serves it to a step. Any other value,
+    or any URI while an emulator is configured, is returned as given."""
+    if not uri.startswith("gs://") or os.environ.get(EMULATOR_ENV):
+        return uri
+    return str((Path(root) if root is not None else storage_root()) / uri[len("gs://"):])
+
+
+def ensure_local_bucket(uri: str, root: Path) -> None:
+    """Create the local bucket a run's gs:// `gcs_root` names, as the lab's setup creates its
+    bucket (`gsutil mb`) before a run; a no-op for local paths and a configured emulator.
+
+    Raises:
+        InvalidArgument: not a valid bucket name.
+    """
+    if not uri.startswith("gs://") or os.environ.get(EMULATOR_ENV):
+        return
+    from pipeline.local.gcs_store import check_bucket_name
+
+    bucket = check_bucket_name(uri[len("gs://"):].partition("/")[0])
+    if not (root / bucket).is_dir():
+        (root / bucket).mkdir(parents=True)
+        print(f"created the local bucket gs://{bucket} ({root / bucket})", flush=True)

@@ -5,9 +5,10 @@ validates an ml v1 Job, describes it as a `JobTask` and renders the Job from the
 record (`trainingOutput.trials[]` best first by goal, as the service lists them). The same
 engine runs Vertex AI's customJobs and hyperparameterTuningJobs (vertex_training.py).
 
-Any `masterConfig.imageUri` runs `program_for_image(...)`; worker/parameter-server replicas
-are not started. The process gets `--job-dir=<jobDir>` after the job's args, and
-CLOUD_ML_JOB_ID (and CLOUD_ML_TRIAL_ID per trial).
+`masterConfig.imageUri` runs `program_for_image(...)` (an image with no local program is
+refused); worker/parameter-server replicas are not started. The process gets
+`--job-dir=<jobDir>` after the job's args, and CLOUD_ML_JOB_ID (and CLOUD_ML_TRIAL_ID per
+trial).
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from pipeline.local.training_run import (
     JobRun,
     JobTask,
     now,
+    program_for_image,
     save,
 )
 from pipeline.local.warm import WarmExecutor
@@ -85,10 +86,14 @@ class TrainingEngine:
             does (pipeline.local.step_env), so gs:// paths reach the local storage.
         executor: forks the jobs' processes from preloaded zygotes; the local runner shares
             its own (closed by the runner). Default: one of the engine's, closed with it.
+        images: training image -> the local program it runs (`--image`, see
+            `program_for_image`).
     """
 
     def __init__(self, home: Path, on_event: Callable[[dict], None] | None = None,
-                 server_url: str | None = None, executor: WarmExecutor | None = None) -> None:
+                 server_url: str | None = None, executor: WarmExecutor | None = None,
+                 images: Mapping[str, str] | None = None) -> None:
+        self.images = dict(images or {})
         self.root = jobs_dir(home)
         self.server_url = server_url
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,8 +116,10 @@ class TrainingEngine:
             task: what to run.
 
         Raises:
-            AlreadyExists: `key` is taken (nothing is written).
+            AlreadyExists: `key` is taken; InvalidArgument: the image has no local program
+                (nothing is written).
         """
+        program_for_image(task.image, self.images)
         folder = self.root / key
         with self._lock:
             try:
@@ -139,20 +146,11 @@ class TrainingEngine:
         Raises:
             NotFound: no such job (the message is the surface's to write; this one is plain).
         """
-        path = self.root / key / "job.json"
-        if not JOB_KEY.fullmatch(key) or not path.exists():
-            raise NotFound(f"job {key} not found")
-        return _read_json(path)
+        return read_record(self.root, key)
 
     def records(self) -> list[dict]:
         """Every job's record, in no particular order."""
-        found = []
-        for path in self.root.glob("*/job.json"):
-            try:
-                found.append(_read_json(path))
-            except (OSError, ValueError):  # a job folder being created or removed
-                continue
-        return found
+        return read_records(self.root)
 
     def cancel(self, key: str, reason: str) -> None:
         """Ask the job's runner (in any process) to stop; it kills running trials within ~0.1 s.
@@ -210,6 +208,30 @@ class TrainingEngine:
                     trial.update(state="CANCELLED", endTime=ended)
             save(path.parent, record)
             logger.warning("job %s: %s", record["id"], INTERRUPTED)
+
+
+def read_record(root: Path, key: str) -> dict:
+    """The stored record of job `key` under the jobs folder `root` (no engine needed: the CLI
+    and the run browser read jobs this way).
+
+    Raises:
+        NotFound: no such job.
+    """
+    path = root / key / "job.json"
+    if not JOB_KEY.fullmatch(key) or not path.exists():
+        raise NotFound(f"job {key} not found")
+    return _read_json(path)
+
+
+def read_records(root: Path) -> list[dict]:
+    """Every job's record under the jobs folder `root`, in no particular order."""
+    found = []
+    for path in root.glob("*/job.json"):
+        try:
+            found.append(_read_json(path))
+        except (OSError, ValueError):  # a job folder being created or removed
+            continue
+    return found
 
 
 def _owner_alive(owner: dict, folder: Path) -> bool:

@@ -27,12 +27,14 @@ from typing import Any
 
 from pipeline.atomic import write_atomic
 from pipeline.hypertune import TuningSpec
+from pipeline.local.errors import InvalidArgument
 from pipeline.local.processes import die_with_parent
 from pipeline.local.tuning import Suggestion, Tuner, final_metric, seed_for
 from pipeline.local.warm import ForkedProcess, WarmExecutor, started_as
 from pipeline.trainer import TRAIN_PY
 
 TRAINER_PROGRAM = (sys.executable, "-u", str(TRAIN_PY))
+TRAINER_IMAGE = "trainer_image"  # the last segment of the names of images that run the trainer
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 INTERRUPTED = "interrupted: the local training service that ran this job stopped; submit it again"
 CANCELLED, PROGRAM_FAILED, ABORTED, INTERNAL = 1, 3, 10, 13  # google.rpc.Code values
@@ -46,14 +48,35 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def program_for_image(image_uri: str) -> tuple[str, ...]:
-    """The command a container image runs locally: THE one place that maps images to programs.
+def program_for_image(image_uri: str, images: Mapping[str, str] | None = None,
+                      ) -> tuple[str, ...]:
+    """The command a training image runs locally: THE one place that maps images to programs.
 
-    Every image runs the trainer image's entrypoint from this checkout
-    (`python -u trainer_image/train.py`).
+    A program mapped to the image (`covertype run --local --image NAME=program.py`, by the
+    image's full reference or its name without tag or digest) runs with this interpreter;
+    else an image named `.../trainer_image` (any registry, tag or digest) runs this checkout's
+    trainer (`python -u trainer_image/train.py`). Any other image is refused, never replaced.
+
+    Raises:
+        InvalidArgument: an image with no local program, naming the option that maps one.
     """
-    del image_uri  # every image is the trainer image locally
-    return TRAINER_PROGRAM
+    images = images or {}
+    name = image_name(image_uri)
+    program = images.get(image_uri) or images.get(name)
+    if program:
+        return (sys.executable, "-u", program)
+    if name.endswith("/" + TRAINER_IMAGE):
+        return TRAINER_PROGRAM
+    raise InvalidArgument(f"training image {image_uri!r} has no local program: only images named "
+                          f".../{TRAINER_IMAGE} run the local trainer; map this one with "
+                          f"`covertype run --local --image {name}=path/to/program.py`")
+
+
+def image_name(image_uri: str) -> str:
+    """An image reference without its digest (`@sha256:...`) and tag (`:latest`)."""
+    name = image_uri.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[:len(name) - len(last)] + last.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -162,7 +185,7 @@ class JobRun:
         self.folder = folder
         self.record = record
         self.task = task
-        self.program = program_for_image(task.image)
+        self.program = program_for_image(task.image, engine.images)
         self.processes: list[_Process] = []
         self.seconds = 0.0
 

@@ -6,7 +6,8 @@ ml v1 jobs: this module validates a CustomJob or HyperparameterTuningJob, descri
 reproduced here:
 
 - one worker pool with one replica runs `workerPoolSpecs[0].containerSpec` (its image's
-  program, `args`, `env`); distributed pools, accelerators, python packages and other
+  program, `program_for_image`: an image with no local program is refused; `args`, `env`);
+  distributed pools, accelerators, python packages and other
   unsupported fields are refused with a one-line INVALID_ARGUMENT;
 - `baseOutputDirectory.outputUriPrefix` gives the container AIP_MODEL_DIR,
   AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR: `<prefix>/model/` ... for a custom job,

@@ -66,18 +66,6 @@ def json_list_of_strings(name: str, value: Any) -> list[str]:
     return parsed
 
 
-def json_object(name: str, value: Any) -> dict:
-    text = str(value).strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{name} is not JSON ({error.msg} at char {error.pos}); write JSON, "
-                         "e.g. true not True") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{name} is not a JSON object")
-    return parsed
-
-
 def boolean(name: str, value: Any) -> bool:
     text = str(value).strip().lower()
     if text in _TRUE:

@@ -18,13 +18,16 @@ by field. A setting Vertex AI has no place for is refused with one line, never d
 | resumePreviousJobId, other TrainingInput fields | refused |
 
 Early stopping acts on intermediate measurements only; like AI Platform's, Vertex AI's decay
-curve rule predicts a trial's final objective from them. Standard library only (base image).
+curve rule predicts a trial's final objective from them. The settings arrive as the 0.2.5
+launcher reads them (pipeline.launcher_values: JSON's true may be the text 'true', which
+Google's JSON parser takes for a boolean too).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from pipeline.hypertune import HypertuneSpecError, ParameterSpec, parse_spec
+from pipeline.launcher_values import google_boolean
 
 # Fields of the ml v1 schemas (ml.v1.json: HyperparameterSpec, ParameterSpec).
 SPEC_FIELDS = frozenset({"algorithm", "enableTrialEarlyStopping", "goal", "hyperparameterMetricTag",
@@ -64,14 +67,11 @@ def tuning_job_fields(training_input: Any) -> dict[str, Any]:
         raise HypertuneSpecError(f"{_WHERE}.hyperparameters.resumePreviousJobId has no Vertex AI "
                                  "equivalent (a Vertex AI study cannot resume an AI Platform "
                                  "job); remove it")
-    early_stopping = raw.get("enableTrialEarlyStopping", False)
-    if not isinstance(early_stopping, bool):
-        raise HypertuneSpecError(f"{_WHERE}.hyperparameters.enableTrialEarlyStopping is "
-                                 f"{early_stopping!r}; use true or false")
     for index, param in enumerate(raw.get("params") or []):
         if isinstance(param, dict):
             _refuse_unknown(param, PARAM_FIELDS, f"{_WHERE}.hyperparameters.params[{index}]")
     spec = parse_spec(raw)
+    early_stopping = google_boolean(raw.get("enableTrialEarlyStopping", False))
     study: dict[str, Any] = {
         "metrics": [{"metricId": spec.metric_tag, "goal": spec.goal}],
         "parameters": [_parameter(param, raw["params"][index])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.hypertune import HypertuneSpecError
+from pipeline.launcher_values import launcher_dict
 from pipeline.vertex import inputs, jobs
 from pipeline.vertex.client import TUNING_JOBS, VertexClient
 from pipeline.vertex.study import tuning_job_fields
@@ -22,7 +23,9 @@ def hyperparameter_tuning_job(project_id: str, region: str, worker_image_uri: st
     """Run the tuning job (or find this step's earlier one) to the end.
 
     Args are the component's inputs as KFP passes them: `args` a JSON list,
-    `hypertune_settings` a JSON ml v1 TrainingInput with `hyperparameters`.
+    `hypertune_settings` an ml v1 TrainingInput with `hyperparameters`, read as the 0.2.5
+    launcher reads the AI Platform tuning step's (JSON or a Python literal), so the one
+    pipeline parameter means the same on both platforms.
 
     Returns:
         {'job_id': the job's resource name, projects/P/locations/R/hyperparameterTuningJobs/N}.
@@ -35,7 +38,8 @@ def hyperparameter_tuning_job(project_id: str, region: str, worker_image_uri: st
     project = inputs.resource_id("project_id", project_id, "my-project")
     location = inputs.resource_id("region", region, "us-central1")
     try:
-        study = tuning_job_fields(inputs.json_object("hypertune_settings", hypertune_settings))
+        study = tuning_job_fields(launcher_dict(hypertune_settings, "hypertune_settings",
+                                                '{"hyperparameters": {...}}'))
     except HypertuneSpecError as error:
         raise ValueError(str(error)) from None
     identity = jobs.StepIdentity.from_env()

@@ -7,7 +7,6 @@ Mirrors kubeflow/pipelines 0.2.5 `ml_engine/_deploy.py`, `_create_model.py` and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 from googleapiclient.errors import HttpError
 
 from pipeline import schema
+from pipeline.local.actions import inputs
 from pipeline.ml_client import ml_service
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,13 @@ _MODEL_IDENTITY = ("description", "regions", "onlinePredictionLogging", "labels"
 _STANDIN_SUFFIX = "_standin"
 
 
-def deploy(model_uri: str, project_id: str, model_id: str = "", version_id: str = "",
-           runtime_version: str = "", python_version: str = "", model: str = "",
-           version: str = "", replace_existing_version: str | bool = False,
-           set_default: str | bool = False, wait_interval: str | int = 30) -> dict[str, str]:
+def deploy(model_uri: Any, project_id: Any, model_id: Any = "", version_id: Any = "",
+           runtime_version: Any = "", python_version: Any = "", model: Any = "",
+           version: Any = "", replace_existing_version: Any = False,
+           set_default: Any = False, wait_interval: Any = 30) -> dict[str, str]:
     """Create the model if missing, create (or replace) the version, optionally make it default.
+
+    Inputs come as the launcher hands them over (pipeline/local/actions/inputs.py).
 
     Returns:
         The component outputs: model_uri, model_name (projects/P/models/M) and version_name
@@ -44,14 +46,20 @@ def deploy(model_uri: str, project_id: str, model_id: str = "", version_id: str 
         ValueError: a bad input, or a version that exists and may not be replaced; raised before
             anything changes.
     """
+    model_uri = inputs.text("model_uri", model_uri, "gs://bucket/jobdir/model")
     _check_model_uri(model_uri)
+    project_id = inputs.text("project_id", project_id, "my-project")
     if not project_id.strip():
         raise ValueError("project_id is empty; pass the project to deploy into")
-    replace = _flag(replace_existing_version, "replace_existing_version")
-    make_default = _flag(set_default, "set_default")
-    interval = _interval(wait_interval)
-    model_body = _json_object(model, "model")
-    version_body = _json_object(version, "version")
+    model_id = inputs.text("model_id", model_id, "covertype_classifier")
+    version_id = inputs.text("version_id", version_id, "v01")
+    runtime_version = inputs.text("runtime_version", runtime_version, "2.11", number_ok=True)
+    python_version = inputs.text("python_version", python_version, "3.7", number_ok=True)
+    replace = inputs.flag("replace_existing_version", replace_existing_version)
+    make_default = inputs.flag("set_default", set_default)
+    interval = inputs.whole_number("wait_interval", wait_interval, 1, "30")
+    model_body = inputs.mapping("model", model, '{"regions": ["us-central1"]}')
+    version_body = inputs.mapping("version", version, '{"machineType": "mls1-c1-m2"}')
     context_id = _context_id()
     model_id = _normalize_name(model_id or f"model_{context_id}")
     version_id = _normalize_name(version_id or version_body.get("name") or f"ver_{context_id}")
@@ -201,40 +209,6 @@ def _check_model_uri(model_uri: str) -> None:
         raise ValueError(f"model_uri {model_uri} holds no "
                          f"{' or '.join(schema.MODEL_ARTIFACT_NAMES)}; pass the job_dir the "
                          "trainer saved the model in")
-
-
-def _flag(value: str | bool, name: str) -> bool:
-    """A KFP Bool input: 'True'/'False', and upstream's misspelt default 'Fasle'."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "fasle", ""):
-        raise ValueError(f"{name}={value!r} is not a boolean; pass True or False")
-    return text == "true"
-
-
-def _interval(value: str | int) -> int:
-    try:
-        seconds = int(value)
-    except (TypeError, ValueError):
-        seconds = 0
-    if seconds < 1:
-        raise ValueError(f"wait_interval={value!r} is not a positive whole number of seconds; "
-                         "pass e.g. 30")
-    return seconds
-
-
-def _json_object(text: str, name: str) -> dict:
-    """A KFP Dict input: JSON object text, or '' for none."""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{name} is not valid JSON ({error}); pass a JSON object") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _context_id() -> str:

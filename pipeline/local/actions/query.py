@@ -2,39 +2,43 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
+from typing import Any
 
-from pipeline.local.bigquery import Warehouse, validate_query_job
+from pipeline.local.actions import inputs
+
+# From the defining modules, not the package's lazy exports: the warm executor reads these
+# imports to pick the zygote (DuckDB, sqlglot) this step forks from.
+from pipeline.local.bigquery.jobs import validate_query_job
+from pipeline.local.bigquery.warehouse import Warehouse
 
 
 def query(
-    query: str,
-    project_id: str,
-    dataset_id: str = "",
-    table_id: str = "",
-    output_gcs_path: str = "",
-    dataset_location: str = "US",
-    job_config: str = "",
+    query: Any,
+    project_id: Any,
+    dataset_id: Any = "",
+    table_id: Any = "",
+    output_gcs_path: Any = "",
+    dataset_location: Any = "US",
+    job_config: Any = "",
 ) -> dict[str, str]:
     """Run the query, write the table and the CSV; return the component's outputs.
+
+    Inputs come as the launcher hands them over (pipeline/local/actions/inputs.py).
 
     Raises:
         ValueError: one line naming the bad input and the fix; nothing is written.
     """
+    query = inputs.text("query", query, "'SELECT ...'")
     if not query.strip():
         raise ValueError("query is empty; pass a BigQuery Standard SQL statement")
-    config = None
-    if job_config.strip():
-        try:
-            config = json.loads(job_config)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"job_config is not valid JSON ({error}); pass a JSON object or ''"
-            ) from None
-        if not isinstance(config, dict):
-            raise ValueError(f"job_config must be a JSON object, got {job_config!r}")
+    project_id = inputs.text("project_id", project_id, "my-project")
+    dataset_id = inputs.text("dataset_id", dataset_id, "splits")
+    table_id = inputs.text("table_id", table_id, "training")
+    output_gcs_path = inputs.text("output_gcs_path", output_gcs_path, "gs://bucket/data.csv")
+    dataset_location = inputs.text("dataset_location", dataset_location, "US")
+    config = inputs.mapping("job_config", job_config, '{"query": {...}}') or None
     job_id = _job_id()
     validate_query_job(query, project_id, dataset_id, table_id, output_gcs_path, config, job_id)
     with Warehouse() as warehouse:

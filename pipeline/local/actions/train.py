@@ -21,21 +21,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pipeline.local.actions import inputs
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
 POD_NAME_ENV = "KFP_POD_NAME"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 LOCAL_POLL_SECONDS = 0.5
+_EXAMPLES = {"python_module": "trainer.task", "region": "us-central1", "job_dir": "gs://bucket/job",
+             "python_version": "3.7", "runtime_version": "2.11",
+             "master_image_uri": "gcr.io/my-project/trainer_image:latest",
+             "worker_image_uri": "gcr.io/my-project/trainer_image:latest"}
 
 
-def train(project_id: str, python_module: str = "", package_uris: str = "", region: str = "",
-          args: str = "", job_dir: str = "", python_version: str = "", runtime_version: str = "",
-          master_image_uri: str = "", worker_image_uri: str = "", training_input: str = "",
-          job_id_prefix: str = "", wait_interval: str | int = 30) -> dict[str, str]:
+def train(project_id: Any, python_module: Any = "", package_uris: Any = "", region: Any = "",
+          args: Any = "", job_dir: Any = "", python_version: Any = "", runtime_version: Any = "",
+          master_image_uri: Any = "", worker_image_uri: Any = "", training_input: Any = "",
+          job_id_prefix: Any = "", wait_interval: Any = 30) -> dict[str, str]:
     """Create the training job (or find our earlier one) and wait for it to end.
 
-    Args are the component's inputs as strings: `package_uris` and `args` are JSON lists,
-    `training_input` a JSON object (a TrainingInput), '' means not given.
+    Inputs come as the launcher hands them over (pipeline/local/actions/inputs.py):
+    `package_uris` and `args` lists, `training_input` a dict (a TrainingInput), '' or None
+    for not given.
 
     Returns:
         {'job_id': the job id, 'job_dir': the job's trainingInput.jobDir ('' if none)}.
@@ -44,22 +50,28 @@ def train(project_id: str, python_module: str = "", package_uris: str = "", regi
         ValueError: a bad input (before anything is submitted) or a job the service refused.
         RuntimeError: the job ended FAILED or CANCELLED, with its errorMessage.
     """
+    project_id = inputs.text("project_id", project_id, "my-project")
     if not project_id.strip():
         raise ValueError("project_id is empty; pass the GCP project id (locally any name)")
-    body = _json_input("training_input", training_input, dict, '{"scaleTier": "BASIC"}') or {}
-    uris = _json_input("package_uris", package_uris, list, '["gs://bucket/trainer.tar.gz"]')
-    arguments = _json_input("args", args, list, '["--alpha", "0.001"]')
-    for index, argument in enumerate(arguments or []):
-        if not isinstance(argument, str):
-            raise ValueError(f"args[{index}] is {argument!r}, not a string; quote every argument")
-    interval = _interval(wait_interval)
-    explicit = {"pythonModule": python_module, "packageUris": uris, "region": region,
-                "args": arguments, "jobDir": job_dir, "pythonVersion": python_version,
-                "runtimeVersion": runtime_version}
+    body = inputs.mapping("training_input", training_input, '{"scaleTier": "BASIC"}')
+    uris = inputs.sequence("package_uris", package_uris, '["gs://bucket/trainer.tar.gz"]')
+    arguments = inputs.sequence("args", args, '["--alpha", "0.001"]')
+    interval = float(max(inputs.whole_number("wait_interval", wait_interval, 0, "30"), 0.1))
+    texts = {"python_module": python_module, "region": region, "job_dir": job_dir,
+             "python_version": python_version, "runtime_version": runtime_version,
+             "master_image_uri": master_image_uri, "worker_image_uri": worker_image_uri}
+    given = {name: inputs.text(name, value, _EXAMPLES[name], number_ok=True)
+             for name, value in texts.items()}
+    explicit = {"pythonModule": given["python_module"], "packageUris": uris,
+                "region": given["region"], "args": arguments, "jobDir": given["job_dir"],
+                "pythonVersion": given["python_version"],
+                "runtimeVersion": given["runtime_version"]}
     body.update({key: value for key, value in explicit.items() if value})
-    for field, image in (("masterConfig", master_image_uri), ("workerConfig", worker_image_uri)):
+    for field, image in (("masterConfig", given["master_image_uri"]),
+                         ("workerConfig", given["worker_image_uri"])):
         if image:
             body.setdefault(field, {})["imageUri"] = image
+    job_id_prefix = inputs.text("job_id_prefix", job_id_prefix, "hptune_")
     job_id = _job_id(job_id_prefix)
     ml = ml_service()
     if os.environ.get(EMULATOR_HOST_ENV):
@@ -72,29 +84,6 @@ def train(project_id: str, python_module: str = "", package_uris: str = "", regi
         message = " ".join(job.get("errorMessage", "").split())
         raise RuntimeError(f"Job {job_id} failed with state {job['state']}. Error: {message}")
     return {"job_id": job_id, "job_dir": job["trainingInput"].get("jobDir", "")}
-
-
-def _json_input(name: str, text: str, kind: type, example: str) -> Any:
-    if not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{name} is not valid JSON ({error}); pass e.g. {example} "
-                         "(JSON spells booleans true/false)") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{name} must be a JSON {kind.__name__}, e.g. {example}")
-    return value
-
-
-def _interval(wait_interval: str | int) -> float:
-    try:
-        seconds = int(wait_interval)
-    except (TypeError, ValueError):
-        seconds = -1
-    if seconds < 0:
-        raise ValueError(f"wait_interval {wait_interval!r} must be a whole number of seconds >= 0")
-    return max(seconds, 0.1)
 
 
 def _job_id(prefix: str) -> str:

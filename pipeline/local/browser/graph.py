@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
-from pipeline.local import records
+from pipeline.local import records, roles
 from pipeline.local.records import StepRecord
 
 NODE_W, NODE_H, ROW_H, GAP, SLOT_W, MARGIN, FRAME_PAD = 184, 44, 76, 28, 14, 14, 10
@@ -26,6 +26,17 @@ STATUS_COLOURS: dict[str, tuple[str, str]] = {
     records.OMITTED: ("#9aa0a6", "#ffffff"),
     records.PENDING: ("#ffffff", "#202124"),
 }
+
+
+# role (pipeline/local/roles.py: what the step runs) -> the colour of its node's left band.
+ROLE_COLOURS: dict[str, str] = {
+    roles.QUERY: "#795548",
+    roles.TUNING: "#8e24aa",
+    roles.TRAINING: "#00897b",
+    roles.EVALUATION: "#ef6c00",
+    roles.DEPLOY: "#1a73e8",
+}
+ROLE_BAND = 7
 
 
 def seconds(start: str, duration_s: float | None, status: str) -> float | None:
@@ -233,15 +244,23 @@ def _curve(points: list[tuple[float, float]]) -> str:
 
 
 def _node(step: StepRecord, centre: float, top: float) -> str:
+    """A step's box: its status colour, its role (the component it runs) as a coloured band
+    and the first word of its detail line."""
     fill, ink = STATUS_COLOURS.get(step.status, STATUS_COLOURS[records.PENDING])
     label = step.name if len(step.name) <= 24 else step.name[:23] + "\u2026"
     status = step.status if step.status in STATUS_COLOURS else records.PENDING
+    role = step.role if step.role in ROLE_COLOURS else ""
     detail = " \u00b7 ".join(part for part in (
-        status, duration_text(seconds(step.start, step.duration_s, step.status))) if part)
-    return (f'<g id="node-{escape(step.name)}" class="node {status_class(step.status)}" '
-            f'transform="translate({centre - NODE_W / 2:.1f},{top:.1f})">'
-            f"<title>{escape(step.name)}: {escape(step.status)}</title>"
-            f'<rect width="{NODE_W}" height="{NODE_H}" rx="7" fill="{fill}"/>'
+        role, status, duration_text(seconds(step.start, step.duration_s, step.status))) if part)
+    ran = f" ({step.component or 'its own program'})" if role else ""
+    band = (f'<rect class="role" width="{ROLE_BAND}" height="{NODE_H}" rx="3" '
+            f'fill="{ROLE_COLOURS[role]}"/>' if role else "")
+    role_class = f" role-{role}" if role else ""
+    return (f'<g id="node-{escape(step.name)}" class="node {status_class(step.status)}'
+            f'{role_class}" transform="translate({centre - NODE_W / 2:.1f},{top:.1f})">'
+            f"<title>{escape(step.name)}: {escape(step.status)}"
+            f"{escape(f' - {role}{ran}' if role else '')}</title>"
+            f'<rect width="{NODE_W}" height="{NODE_H}" rx="7" fill="{fill}"/>{band}'
             f'<text x="{NODE_W / 2}" y="18" fill="{ink}" class="name">{escape(label)}</text>'
             f'<text x="{NODE_W / 2}" y="35" fill="{ink}" class="detail">{escape(detail)}</text>'
             "</g>")

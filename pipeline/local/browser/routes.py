@@ -1,8 +1,9 @@
 """Routes of the run browser: runs list, run page, step logs, the record as JSON.
 
 Read-only views of `<home>/runs/<run_id>/`, of the local training core's jobs (ml v1 or
-Vertex AI) and of the Vertex AI endpoints; every request reads the files again, so a page
-shows a running run as it is now.
+Vertex AI, tuning_jobs.py) and of the Vertex AI endpoints; every request reads the files
+again, so a page shows a running run as it is now. Steps are found by their role, not their
+names (pipeline/local/roles.py).
 """
 from __future__ import annotations
 
@@ -14,31 +15,17 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 
-from pipeline.local import records
+from pipeline.local import records, roles
 from pipeline.local.browser import views
-from pipeline.local.browser.trials import TuningJob
 from pipeline.local.errors import ServiceError
-from pipeline.local.home import LOCAL_PROJECT_ID, runs_dir
+from pipeline.local.home import runs_dir
 from pipeline.local.records import RUN_ID, RunRecord, RunStore
-from pipeline.local.services import (
-    training_engine,
-    training_service,
-    vertex_endpoints,
-    vertex_training,
-)
-from pipeline.local.summary import EVALUATE_STEP, RunSummary, step_output
-from pipeline.local.training import render_job
-from pipeline.local.vertex_training import TUNING
-from pipeline.local.vertex_training import render as vertex_render
+from pipeline.local.services import vertex_endpoints
+from pipeline.local.summary import RunSummary
+from pipeline.local.tuning_jobs import TuningJob, tuning_job
 
 router = APIRouter(include_in_schema=False)
-TUNE_STEP = "tune-hyperparameters"
-# The DSL gives the tuning job `job_dir={gcs_root}/jobdir/hypertune/{{workflow.uid}}`, and a
-# local run's workflow.uid is its run id: how a running or failed tuning step's job is found.
-HYPERTUNE_DIR = "/hypertune/"
 VERTEX_ENDPOINT = re.compile(r"projects/([^/]+)/locations/([^/]+)/endpoints/([^/]+)")
-VERTEX_TUNING_JOB = re.compile(r"projects/([^/]+)/locations/([^/]+)/hyperparameterTuningJobs/"
-                               r"([^/]+)")
 METADATA_FILE = 4 * 1024 * 1024
 NO_SNIFF = {"X-Content-Type-Options": "nosniff"}
 
@@ -78,12 +65,12 @@ def run_page(run_id: str, request: Request) -> HTMLResponse:
     except Unavailable as error:
         title = "Run not found" if error.code == 404 else "Unreadable run record"
         return HTMLResponse(views.error_page(title, str(error)), status_code=error.code)
-    job, note = _tuning_job(request, record)
-    evaluate = record.steps.get(EVALUATE_STEP)
+    job, note = tuning_job(record, request.app.state.home)
+    summary = _summary(record, job)
+    evaluate = record.steps.get(summary.evaluation_step or "") if summary else None
     artifacts = evaluate.artifacts if evaluate else {}
-    metrics = _json_artifact(folder, artifacts.get("mlpipeline-metrics")).get("metrics")
+    metrics = _json_artifact(folder, artifacts.get(roles.METRICS_ARTIFACT)).get("metrics")
     ui = _json_artifact(folder, artifacts.get("mlpipeline-ui-metadata")).get("outputs")
-    summary = _summary(record)
     view = views.RunView(record, summary, job, note,
                          metrics if isinstance(metrics, list) else [],
                          [o for o in ui if isinstance(o, dict)] if isinstance(ui, list) else [])
@@ -131,10 +118,10 @@ def _log_path(record: RunRecord, folder: Path, name: str) -> Path:
     return path
 
 
-def _summary(record: RunRecord) -> RunSummary | None:
+def _summary(record: RunRecord, job: TuningJob | None = None) -> RunSummary | None:
     """The run's summary; None when the record cannot give one (e.g. no threshold)."""
     try:
-        return RunSummary.of(record)
+        return RunSummary.of(record, job)
     except (TypeError, ValueError):
         return None
 
@@ -151,33 +138,6 @@ def _json_artifact(folder: Path, location: str | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _tuning_job(request: Request, record: RunRecord) -> tuple[TuningJob | None, str]:
-    """The tuning step's job from the local training core, or why there is none.
-
-    Found by the step's `job_id` output: an ml v1 job id, or (Vertex AI) the tuning job's
-    resource name `projects/P/locations/L/hyperparameterTuningJobs/ID`. Before that output
-    exists (the step runs or failed), by the job's output folder, which the DSL names after
-    the run: `.../hypertune/<run id>`.
-    """
-    step = record.steps.get(TUNE_STEP)
-    if step is None:
-        return None, f"This run has no {TUNE_STEP} step."
-    job_id = (step_output(record, TUNE_STEP, "job_id") or "").strip()
-    try:
-        if match := VERTEX_TUNING_JOB.fullmatch(job_id):
-            job = vertex_training(request.app).get(TUNING, *match.groups())
-            return TuningJob.from_vertex_job(job), ""
-        if job_id:
-            project = record.parameters.get("project_id") or LOCAL_PROJECT_ID
-            return TuningJob.from_ml_job(training_service(request.app).get_job(project, job_id)), ""
-        if step.status in (records.RUNNING, records.FAILED):  # no job_id output (yet)
-            if found := _job_of_run(request, record.run_id):
-                return found, ""
-    except ServiceError as error:
-        return None, f"Tuning job {job_id or '(unknown)'}: {error}"
-    return None, f"No tuning job recorded ({TUNE_STEP}: {step.status})."
-
-
 def _endpoint(request: Request, name: str) -> tuple[dict | None, str]:
     """The Vertex AI Endpoint a run deployed to, as it is now, or why it cannot be shown."""
     match = VERTEX_ENDPOINT.fullmatch(name)
@@ -187,15 +147,3 @@ def _endpoint(request: Request, name: str) -> tuple[dict | None, str]:
         return vertex_endpoints(request.app).get(*match.groups()), ""
     except ServiceError as error:
         return None, str(error)
-
-
-def _job_of_run(request: Request, run_id: str) -> TuningJob | None:
-    """The tuning job (of either API) whose output folder is the run's hypertune folder."""
-    for found in training_engine(request.app).records():
-        if not (found["tuning"] and found.get("outputDir", "").rstrip("/").endswith(
-                HYPERTUNE_DIR + run_id)):
-            continue
-        if found["kind"] == TUNING:
-            return TuningJob.from_vertex_job(vertex_render(found))
-        return TuningJob.from_ml_job(render_job(found))
-    return None

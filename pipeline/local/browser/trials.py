@@ -1,94 +1,21 @@
 """The tuning job on the run page: a chart of the objective per trial and the trials table.
 
-Reads an ml v1 Job (`trainingInput.hyperparameters`, `trainingOutput.trials[]`) or a Vertex AI
-HyperparameterTuningJob (`studySpec`, `trials[]`) into one `TuningJob` view, so both platforms'
-runs show alike; trials are shown by id, since the service's order is not a documented promise.
+Shows the run's `TuningJob` (pipeline/local/tuning_jobs.py: an ml v1 Job or a Vertex AI
+HyperparameterTuningJob, so both platforms' runs show alike); trials are shown by id, since
+the service's order is not a documented promise.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 from typing import Any
 
-from pipeline.hypertune import DEFAULT_METRIC_TAG
 from pipeline.local.browser.graph import duration_text
+from pipeline.local.tuning_jobs import Trial, TuningJob, best_trial
 
 BEST_BAR, OTHER_BAR, FAILED_MARK = "#1a73e8", "#aecbfa", "#9aa0a6"
 CHART_W, CHART_H, PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 560, 210, 58, 12, 26, 34
-
-
-@dataclass
-class Trial:
-    """One trial as the page shows it."""
-
-    trial_id: str
-    state: str
-    parameters: dict[str, str]
-    objective: float | None = None
-    start: str = ""
-    end: str = ""
-
-
-@dataclass
-class TuningJob:
-    """A tuning job of either platform, as the page shows it."""
-
-    name: str
-    state: str
-    goal: str
-    metric: str
-    error: str = ""
-    trials: list[Trial] = field(default_factory=list)
-
-    @classmethod
-    def from_ml_job(cls, job: dict) -> TuningJob:
-        """The view of an ml v1 Job."""
-        spec = (job.get("trainingInput") or {}).get("hyperparameters") or {}
-        trials = [Trial(str(t.get("trialId", "")), str(t.get("state", "")),
-                        {str(k): str(v) for k, v in (t.get("hyperparameters") or {}).items()},
-                        _finite((t.get("finalMetric") or {}).get("objectiveValue")),
-                        str(t.get("startTime", "")), str(t.get("endTime", "")))
-                  for t in (job.get("trainingOutput") or {}).get("trials") or []]
-        return cls(str(job.get("jobId", "")), str(job.get("state", "")),
-                   str(spec.get("goal") or "MAXIMIZE"),
-                   str(spec.get("hyperparameterMetricTag") or DEFAULT_METRIC_TAG),
-                   str(job.get("errorMessage") or ""), trials)
-
-    @classmethod
-    def from_vertex_job(cls, job: dict) -> TuningJob:
-        """The view of a Vertex AI HyperparameterTuningJob."""
-        metric = ((job.get("studySpec") or {}).get("metrics") or [{}])[0]
-        metric_id = str(metric.get("metricId", ""))
-        trials = []
-        for t in job.get("trials") or []:
-            measured = {m.get("metricId"): m.get("value")
-                        for m in (t.get("finalMeasurement") or {}).get("metrics") or []}
-            trials.append(Trial(str(t.get("id", "")), str(t.get("state", "")),
-                                {str(p.get("parameterId")): str(p.get("value"))
-                                 for p in t.get("parameters") or []},
-                                _finite(measured.get(metric_id)), str(t.get("startTime", "")),
-                                str(t.get("endTime", ""))))
-        return cls(str(job.get("name", "")), str(job.get("state", "")),
-                   str(metric.get("goal") or "MAXIMIZE"), metric_id,
-                   str((job.get("error") or {}).get("message") or ""), trials)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def best_trial(trials: list[Trial], minimize: bool) -> Trial | None:
-    """The succeeded trial with the best objective for the job's goal."""
-    usable = [t for t in trials if t.state == "SUCCEEDED" and t.objective is not None]
-    if not usable:
-        return None
-    return (min if minimize else max)(usable, key=lambda trial: trial.objective)
 
 
 def tuning_section(job: TuningJob | None, note: str) -> str:

@@ -17,9 +17,10 @@ from urllib.parse import quote
 from pipeline.local import records
 from pipeline.local.browser import graph
 from pipeline.local.browser.evaluation import evaluation_section, verdict
-from pipeline.local.browser.trials import TuningJob, tuning_section
+from pipeline.local.browser.trials import tuning_section
 from pipeline.local.records import RunRecord
 from pipeline.local.summary import RunSummary
+from pipeline.local.tuning_jobs import TuningJob
 
 TEMPLATES = Path(__file__).with_name("templates")
 _LAYOUT = Template((TEMPLATES / "layout.html").read_text())
@@ -124,6 +125,9 @@ def run_page(view: RunView) -> str:
             f'<a href="/runs/{e(quote(record.run_id))}.json">record as JSON</a></p>{message}')
     legend = "".join(f'<span><i style="background:{fill}"></i>{e(status)}</span>'
                      for status, (fill, _) in graph.STATUS_COLOURS.items())
+    present = {step.role for step in record.steps.values()}
+    legend += "".join(f'<span class="legend-role"><i style="background:{colour}"></i>{e(role)}'
+                      "</span>" for role, colour in graph.ROLE_COLOURS.items() if role in present)
     evaluation = evaluation_section(view.summary, view.metrics, view.ui_outputs,
                                     running=record.status == records.RUNNING)
     body = (head + _cards(view) + '<div class="grid">'
@@ -142,8 +146,8 @@ def _cards(view: RunView) -> str:
     best = evaluation = deployment = '<span class="empty">\u2014</span>'
     if summary and summary.best_trial:
         value = summary.best_trial.get("metric_value")
-        params = ", ".join(f"{name}={e(summary.best_trial[name])}"
-                           for name in ("alpha", "max_iter") if name in summary.best_trial)
+        params = ", ".join(f"{e(name)}={e(text)}" for name, text in summary.best_trial.items()
+                           if name != "metric_value")
         best = f'<div class="big">{e(_number(value))}</div><div>{params}</div>'
     if summary and summary.metric_value is not None:
         evaluation = f'<div class="big">{e(summary.metric_name or "metric")} ' \

@@ -2,6 +2,7 @@
 errors shaped at the edge."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,13 @@ def secure(app: FastAPI, policy: AccessPolicy | None = None) -> Any:
     return Guard(PredictShortcut(app), policy)
 
 
-def create_app(home: Path | None = None) -> FastAPI:
-    """The emulator app over the local home folder (default: `local_home()`)."""
+def create_app(home: Path | None = None, images: Mapping[str, str] | None = None) -> FastAPI:
+    """The emulator app over the local home folder (default: `local_home()`); `images` maps
+    training images to local programs (`covertype run --local --image`)."""
     from pipeline.local import browser
     from pipeline.local.emulator import (
         bigquery_api,
+        components,
         gcs_api,
         jobs,
         kfp_api,
@@ -43,6 +46,7 @@ def create_app(home: Path | None = None) -> FastAPI:
     app = FastAPI(title="Covertype local AI Platform (ml v1) and Vertex AI (aiplatform v1) "
                         "subsets")
     app.state.home = home or local_home()
+    app.state.images = dict(images or {})
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
@@ -78,5 +82,6 @@ def create_app(home: Path | None = None) -> FastAPI:
     app.include_router(kfp_api.router)
     app.include_router(gcs_api.router)
     app.include_router(bigquery_api.router)
+    app.include_router(components.router)
     app.include_router(browser.router)
     return app

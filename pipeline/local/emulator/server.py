@@ -29,16 +29,19 @@ class EmulatorServer:
         policy: the security layer's policy (default: the server's own host).
         lazy: build and serve the app on the first connection or `serve_soon()` only.
         state: attributes set on `app.state` when the app is built.
+        images: training image -> local program (`--image`, see `program_for_image`).
     """
 
     def __init__(self, home: Path | None = None, host: str = "127.0.0.1", port: int = 0,
                  policy: Any = None, lazy: bool = False,
-                 state: Mapping[str, Any] | None = None) -> None:
+                 state: Mapping[str, Any] | None = None,
+                 images: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.lazy = lazy
         self._home = home
         self._policy = policy
         self._state = dict(state or {})
+        self._images = dict(images or {})
         self._socket = socket.create_server((host, port), backlog=BACKLOG)
         self.port = self._socket.getsockname()[1]
         self._lock = threading.Lock()
@@ -59,7 +62,7 @@ class EmulatorServer:
             if self._app is None:
                 from pipeline.local.emulator.app import create_app
 
-                self._app = create_app(self._home)
+                self._app = create_app(self._home, self._images)
                 self._app.state.url = self.url  # trials reach this server as steps do
                 for name, value in self._state.items():
                     setattr(self._app.state, name, value)
