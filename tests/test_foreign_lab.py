@@ -87,7 +87,7 @@ def test_the_summary_and_runs_list_recognise_the_steps(lab):
                  "vs threshold 0.5 -> passed", f"Deployed: {VERSION}"):
         assert text in result.stdout
     listed = covertype(home, "runs", "list").stdout
-    row = next(line for line in listed.splitlines() if line.startswith(record.run_id))
+    row = next(line for line in listed.splitlines() if line.strip().startswith(record.run_id))
     assert "accuracy 0." in row and row.rstrip().endswith("lab_classifier v01")
 
 

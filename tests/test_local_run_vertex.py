@@ -25,6 +25,7 @@ from pipeline import discovery, schema
 from pipeline.local.emulator.server import EmulatorServer
 from pipeline.local.run_local import package_platform, run_parameters
 from pipeline.local.summary import RunSummary
+from pipeline.local.tuning_jobs import tuning_job
 from pipeline.local.workflow import Workflow
 from pipeline.ml_client import VERTEX_EMULATOR_HOST_ENV, aiplatform_service
 from pipeline.vertex.jobs import StepIdentity
@@ -71,7 +72,7 @@ def test_end_to_end_deploys_to_a_local_endpoint(deployed, stand_in):
     assert result.returncode == 0, result.stdout + result.stderr
     record = only_run(home)
     assert {step.status for step in record.steps.values()} == {"Succeeded"}
-    summary = RunSummary.of(record)
+    summary = RunSummary.of(record, tuning_job(record, home)[0])
     assert re.fullmatch(rf"{PARENT}/endpoints/\d+", summary.deployed_endpoint)
     assert re.fullmatch(r"\d+", summary.deployed_model_id)
     assert summary.deployed_version is None and summary.not_deployed_reason is None

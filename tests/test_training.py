@@ -351,9 +351,13 @@ def test_bad_jobs_are_http_400(emulator, datasets, change, message) -> None:
     assert not (jobs_dir(home) / "refused").exists()
 
 
-def test_duplicate_get_list_and_cancel(emulator, datasets, monkeypatch) -> None:
-    ml, home = emulator
+def test_duplicate_get_list_and_cancel(emulator, datasets, monkeypatch, request) -> None:
+    _, home = emulator
     monkeypatch.setenv("COVERTYPE_COLD", "1")  # a cold trial lasts long enough to cancel
+    server = EmulatorServer(home=home).start()  # the engine reads COVERTYPE_COLD when made
+    request.addfinalizer(server.stop)
+    monkeypatch.setenv(EMULATOR_HOST_ENV, server.url)
+    ml = ml_service()
     body = _job("cancelme", datasets, _jobdir(home) / "cancelme",
                 _hyper(MAX_ITER, maxTrials=3))
     _create(ml, body)
@@ -384,12 +388,13 @@ def test_duplicate_get_list_and_cancel(emulator, datasets, monkeypatch) -> None:
 def test_interrupted_jobs_end_failed(tmp_path, datasets, monkeypatch) -> None:
     """Stopping the emulator kills a running job; a fresh service fails a dead runner's job."""
     monkeypatch.setenv("COVERTYPE_HOME", str(tmp_path))
+    monkeypatch.setenv("COVERTYPE_COLD", "1")  # a cold trial lasts until the server stops
     with EmulatorServer(home=tmp_path) as server:
         monkeypatch.setenv(EMULATOR_HOST_ENV, server.url)
         ml = ml_service()
         _create(ml, _job("stopped", datasets, _jobdir(tmp_path), _hyper(MAX_ITER)))
-        while _get(ml, "stopped")["state"] != "RUNNING":
-            time.sleep(0.05)
+        while not _get(ml, "stopped").get("trainingOutput", {}).get("trials"):
+            time.sleep(0.05)  # RUNNING, with its first trial started
     path = jobs_dir(tmp_path) / "stopped" / "job.json"
     record = json.loads(path.read_text())
     assert record["state"] == "FAILED"
