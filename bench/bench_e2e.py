@@ -129,7 +129,8 @@ def run_pipeline(package: Path, warehouse: Path, rows: int | str, folder: Path) 
         "split_rows": {split: _csv_rows(datasets / split / "data.csv")
                        for split in schema.SPLIT_LOTS},
     }
-    if "tune-hyperparameters-job_id" in outputs:  # an ml v1 (caip) tuning job
+    if "/" not in outputs.get("tune-hyperparameters-job_id", "/"):  # an ml v1 (caip) job id;
+        # a Vertex AI one is a resource name (its trials are not what the baseline replays)
         from pipeline.local.tuning import format_value
 
         job = json.loads((home / "jobs" / outputs["tune-hyperparameters-job_id"] / "job.json")

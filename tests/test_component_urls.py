@@ -8,8 +8,9 @@ import textwrap
 import httpx
 import pytest
 import yaml
-from foreign_support import FOREIGN, covertype_serve, dsl_compile
+from foreign_support import FOREIGN, dsl_compile
 from kfp.components import ComponentStore, load_component_from_url
+from serve_process import covertype_serve
 
 from pipeline.settings import COMPONENTS_DIR
 
@@ -18,8 +19,8 @@ SPECS = ("bigquery/query", "ml_engine/train", "ml_engine/deploy")
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    with covertype_serve(tmp_path_factory.mktemp("serve") / "home") as url:
-        yield url
+    with covertype_serve(tmp_path_factory.mktemp("serve") / "home") as served:
+        yield served.url
 
 
 @pytest.mark.parametrize("name", SPECS)

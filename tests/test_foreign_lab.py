@@ -13,7 +13,8 @@ import re
 
 import httpx
 import pytest
-from foreign_support import FOREIGN, covertype_serve, dsl_compile
+from foreign_support import FOREIGN, dsl_compile
+from serve_process import covertype_serve
 from sklearn.metrics import accuracy_score
 from test_local_run import covertype, only_run
 
@@ -40,7 +41,8 @@ PARAMS = {"region": "us-central1", "source_table_name": "covertype_dataset.cover
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     package = root / "covertype_training_pipeline.yaml"
-    with covertype_serve(root / "serving-home") as url:
+    with covertype_serve(root / "serving-home") as served:
+        url = served.url
         compiled = dsl_compile(FOREIGN / "lab" / "covertype_training_pipeline.py", package,
                                COMPONENT_URL_SEARCH_PREFIX=f"{url}/components/gcp/",
                                BASE_IMAGE="gcr.io/my-project/base_image:latest",

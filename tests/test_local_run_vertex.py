@@ -9,17 +9,15 @@ document.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from discovery_schema import assert_conforms
-from test_local_run import COVERTYPE, ROWS, covertype, only_run
+from serve_process import covertype_serve
+from test_local_run import ROWS, covertype, only_run
 
 from pipeline import discovery, schema
 from pipeline.local.emulator.server import EmulatorServer
@@ -117,29 +115,10 @@ def test_covertype_serve_answers_the_endpoint_as_the_model_was_evaluated(deploye
     testing = schema.read_dataset(str(home / "gcs/staging/datasets/testing/data.csv"))
     body = {"instances": json.loads(testing[list(schema.FEATURE_COLUMNS)].to_json(
         orient="values"))}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = home / "serve.log"
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([COVERTYPE, "serve", "--port", str(port)], stderr=stream,
-                                   env={**os.environ, "COVERTYPE_HOME": str(home)})
-    served = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(served + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        answer = httpx.post(f"{served}/v1/{summary.deployed_endpoint}:predict",
+    with covertype_serve(home, startup_s=120) as served:
+        answer = httpx.post(f"{served.url}/v1/{summary.deployed_endpoint}:predict",
                             content=json.dumps(body), timeout=120,
                             headers={"Content-Type": "application/json"})
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert answer.status_code == 200, answer.text
     assert_conforms(DOC, "GoogleCloudAiplatformV1PredictResponse", answer.json())
     assert answer.json()["deployedModelId"] == summary.deployed_model_id

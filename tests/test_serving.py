@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pickle
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serve_process import covertype_serve
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.neighbors import NearestCentroid
@@ -466,12 +465,6 @@ def test_hand_edited_registry_serves_what_is_valid(client, registry, folders) ->
 
 # `covertype serve` under load --------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
@@ -480,30 +473,14 @@ def _rss_kib(pid: int) -> int:
 def test_serve_under_load_while_a_new_default_is_deployed(home, registry, folders, models,
                                                           sample, client) -> None:
     _deploy(registry, "load", "v1", folders["good"])
-    port = _free_port()
-    log = home / "serve.log"
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([str(COVERTYPE), "serve", "--port", str(port)], stderr=stream,
-                                   env={**os.environ, "COVERTYPE_HOME": str(home)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-        busy = subprocess.run([str(COVERTYPE), "serve", "--port", str(port)],
+    with covertype_serve(home) as served:
+        busy = subprocess.run([str(COVERTYPE), "serve", "--port", str(served.port)],
                               capture_output=True, text=True)
         assert busy.returncode == 2 and busy.stderr.startswith(
-            f"covertype: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
-        _same_answers(url, client)
-        _load(url, process.pid, registry, folders, models, sample)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+            f"covertype: error: cannot listen on 127.0.0.1:{served.port} (Address already in use)")
+        _same_answers(served.url, client)
+        _load(served.url, served.process.pid, registry, folders, models, sample)
+    log = served.log
     lines = log.read_text().splitlines()
     assert any(re.fullmatch(r".* covertype\.serve POST /v1/projects/local/models/load:predict 200 "
                             r"\d+\.\d ms", line) for line in lines)

@@ -7,12 +7,7 @@ bundled rows; `covertype serve` runs as a subprocess for the endpoint predict ov
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +17,7 @@ import pandas as pd
 import pytest
 from discovery_schema import assert_conforms
 from googleapiclient.errors import HttpError
+from serve_process import covertype_serve
 from sklearn.exceptions import ConvergenceWarning
 
 from pipeline import discovery, schema
@@ -32,7 +28,6 @@ from pipeline.trainer import load_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "covertype.csv.gz"
-COVERTYPE = Path(sys.executable).with_name("covertype")
 DOC = discovery.document("aiplatform", "v1")
 REGION = "us-central1"
 JSON_TYPE = {"Content-Type": "application/json"}
@@ -398,33 +393,14 @@ def test_discovery_document_is_served_pointing_here(emulator) -> None:
     assert httpx.get(f"{url}/discovery/bigquery/v2").status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_covertype_serve_answers_endpoint_predict(emulator, folders, models, sample) -> None:
     """`covertype serve` (its predict shortcut past FastAPI) answers as the app's route does."""
     ai, url, home = emulator
     model = _upload(ai, folders["good"])["response"]["model"]
     endpoint = _endpoint(ai, "served")["name"]
     deployed = _deploy(ai, endpoint, model, {"0": 100})
-    port = _free_port()
-    log = home / "serve.log"
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([str(COVERTYPE), "serve", "--port", str(port)], stderr=stream,
-                                   env={**os.environ, "COVERTYPE_HOME": str(home)})
-    served = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(served + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    with covertype_serve(home) as serve:
+        served = serve.url
         good = json.dumps({"instances": _instances(sample)}).encode()
         requests = [f"/v1/{endpoint}:predict", f"/v1/{PARENT}/endpoints/77:predict",
                     f"/v1/projects/other/locations/{REGION}/endpoints/1:predict"]
@@ -447,7 +423,4 @@ def test_covertype_serve_answers_endpoint_predict(emulator, folders, models, sam
         answer = httpx.post(served + requests[0], content=good, headers=JSON_TYPE).json()
         assert (answer["deployedModelId"], answer["predictions"]) == (
             second["id"], _expected(models, "other", sample))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert registry_dir(home).is_dir()
