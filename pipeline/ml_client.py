@@ -20,6 +20,9 @@ from typing import Any
 
 EMULATOR_HOST_ENV = "AI_PLATFORM_EMULATOR_HOST"
 VERTEX_EMULATOR_HOST_ENV = "VERTEX_AI_EMULATOR_HOST"
+# How often a step polls a job of a local stand-in: a local request costs milliseconds, and a
+# job's end is seen at once, not up to a cloud interval (30 s) later.
+EMULATOR_POLL_SECONDS = 0.1
 _REGION = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 

@@ -40,7 +40,6 @@ _FAILED_FIXES = {
     "JOB_STATE_EXPIRED": "it expired before it ran; re-run the step to start a new job",
     "JOB_STATE_PARTIALLY_SUCCEEDED": "see the job's logs and re-run the step",
 }
-EMULATOR_POLL_SECONDS = 0.1
 _RETRY_SUFFIX = re.compile(r"\(\d+\)$")
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
 
@@ -93,7 +92,7 @@ class Waiting:
     @classmethod
     def start(cls, interval: int, timeout: int) -> Waiting:
         if os.environ.get(ml_client.VERTEX_EMULATOR_HOST_ENV):
-            interval = min(interval, EMULATOR_POLL_SECONDS)
+            interval = min(interval, ml_client.EMULATOR_POLL_SECONDS)
         return cls(interval, time.monotonic() + timeout, timeout)
 
     def pause(self, what: str, state: str, fix: str) -> None:

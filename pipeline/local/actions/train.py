@@ -22,11 +22,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.local.actions import inputs
-from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
+from pipeline.ml_client import EMULATOR_HOST_ENV, EMULATOR_POLL_SECONDS, ml_service
 
 POD_NAME_ENV = "KFP_POD_NAME"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
-LOCAL_POLL_SECONDS = 0.5
 _EXAMPLES = {"python_module": "trainer.task", "region": "us-central1", "job_dir": "gs://bucket/job",
              "python_version": "3.7", "runtime_version": "2.11",
              "master_image_uri": "gcr.io/my-project/trainer_image:latest",
@@ -75,7 +74,7 @@ def train(project_id: Any, python_module: Any = "", package_uris: Any = "", regi
     job_id = _job_id(job_id_prefix)
     ml = ml_service()
     if os.environ.get(EMULATOR_HOST_ENV):
-        interval = min(interval, LOCAL_POLL_SECONDS)
+        interval = min(interval, EMULATOR_POLL_SECONDS)
     name = f"projects/{project_id}/jobs/{job_id}"
     with _cancel_on_termination(name):
         _submit(ml, project_id, {"jobId": job_id, "trainingInput": body})
