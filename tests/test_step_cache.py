@@ -269,3 +269,54 @@ def test_gs_outputs_without_an_emulator_are_cached_from_the_local_storage(tmp_pa
     (home / "gcs/lab-bucket/staging/datasets/testing/data.csv").unlink()
     assert _cached_splits(_run(home, splits_package, *options, env=no_emulator)) == SPLIT_STEPS
     _assert_splits_match(home, staging="lab-bucket/staging")
+
+
+# Files outside the local home ------------------------------------------------------------------
+
+def _write_text(path: str, text: str) -> str:
+    """Write `text` to `path`; its output names the file."""
+    with open(path, "w") as stream:
+        stream.write(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def writer_package(tmp_path_factory) -> Path:
+    """One lightweight step that writes a file where its parameter says and outputs its path."""
+    from kfp import compiler, dsl
+    from kfp.components import create_component_from_func
+
+    write = create_component_from_func(_write_text, base_image="python:3.11")
+
+    @dsl.pipeline(name="writer")
+    def writer(path: str, text: str):
+        write(path, text)
+
+    package = tmp_path_factory.mktemp("writer") / "writer.yaml"
+    compiler.Compiler().compile(writer, str(package))
+    return package
+
+
+def test_only_files_in_the_local_home_are_kept_or_put_back(home, tmp_path, writer_package):
+    from pipeline.local.run_local import run_local
+
+    inside, outside = home / "gcs" / "notes.txt", tmp_path / "outside.txt"
+
+    def reused(path: Path, text: str = "hello") -> str:
+        record = run_local(writer_package, {"path": str(path), "text": text}, 1000)
+        assert record.status == "Succeeded", record.message
+        return next(iter(record.steps.values())).reused
+
+    home.joinpath("gcs").mkdir(parents=True)
+    assert (reused(inside), reused(inside)) == ("", "cache")
+    assert (reused(outside), reused(outside)) == ("", "")  # never kept: never put back
+    assert outside.read_text() == "hello"
+
+    # An entry that names a file outside the home (edited by hand) is unusable: a miss.
+    manifests = [path for path in (home / "cache").glob("*/manifest.json")
+                 if str(inside) in path.read_text()]
+    assert len(manifests) == 1
+    manifests[0].write_text(manifests[0].read_text().replace(str(inside), str(outside)))
+    outside.write_text("not the step's")
+    assert reused(inside) == ""
+    assert outside.read_text() == "not the step's"

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
+from pipeline.local.home import local_home
 from pipeline.local.storage import local_gcs_path
 
 if TYPE_CHECKING:
@@ -233,6 +234,10 @@ class StepCache:
             unknown = set(manifest["artifacts"]) - set(artifact_paths)
             if unknown:
                 raise CacheError(f"artifact {sorted(unknown)[0]!r} is not an output of the step")
+            outside = [uri for uri in manifest["files"] if not (
+                (local := local_gcs_path(uri)).startswith("gs://") or _in_local_home(local))]
+            if outside:
+                raise CacheError(f"it names {outside[0]}, outside the local home")
         except (CacheError, OSError) as error:
             logger.warning("step cache: entry %s of %s unusable (%s); running the step",
                            key.digest, key.step, one_line(error))
@@ -336,10 +341,21 @@ def _output_file(value: str) -> bytes | None:
         return fs.cat_file(value) if fs.isfile(value) else None
     if value.startswith("/") and not {"\n", "\0"} & set(value):
         path = Path(value)
+        if not path.exists():
+            return None
+        if not _in_local_home(value):
+            raise NotCacheable(f"output {value} lies outside the local home")
         if path.is_dir():
             raise NotCacheable(f"output {value} is a folder")
         return path.read_bytes() if path.is_file() else None
     return None
+
+
+def _in_local_home(path: str) -> bool:
+    """Whether a local path lies, symlinks resolved, in the local home (its storage, its runs):
+    the only files a cache entry keeps or puts back."""
+    real, home = os.path.realpath(path), os.path.realpath(local_home())
+    return os.path.commonpath([real, home]) == home
 
 
 def named_files(outputs: dict[str, str], artifacts: dict[str, str]) -> list[str]:
