@@ -182,7 +182,11 @@ def test_sigterm_stops_the_run_and_resume_refuses_overwritten_outputs(tmp_path,
     assert stdout.strip().splitlines()[-1] == (
         f"Interrupted by SIGTERM. Continue with: covertype run --local --resume {record.run_id}")
     assert record.status == "Interrupted"
+    # Signalled in the first milliseconds of the tuning step, whose process forked from a
+    # zygote may not lead its group yet: the stop must still reach it.
     assert record.steps["tune-hyperparameters"].message == "interrupted by SIGTERM"
+    assert {record.steps[name].status for name in ("evaluate-model", "deploy-model")} == {
+        "Omitted"}
     _wait_for(lambda: not _processes_of(home), timeout=30)
 
     other = covertype(home, "run", "--local", "--package", str(compiled_package), *QUICK,

@@ -95,18 +95,26 @@ def serve(channel: socket.socket, modules: list[str]) -> None:
             if received is None:
                 break
             request, fds = received
+            grouped_read, grouped_write = os.pipe()
             try:
                 pid = os.fork()
             except OSError as error:
                 _send(channel, {"id": request["id"], "error": str(error)})
             else:
                 if pid == 0:
-                    _child(request, fds, zygote, (channel.fileno(), wake_read, wake_write))
+                    _child(request, fds, zygote, grouped_write,
+                           (channel.fileno(), wake_read, wake_write, grouped_read))
                 children[pid] = request["id"]
+                # The pid goes out only once the child leads its own group (or session): a
+                # stop that signals the group at once must reach it.
+                os.close(grouped_write)
+                grouped_write = -1
+                os.read(grouped_read, 1)  # a byte, or EOF if the child died first
                 _send(channel, {"id": request["id"], "pid": pid})
             finally:
-                for fd in fds:
-                    os.close(fd)
+                for fd in (*fds, grouped_read, grouped_write):
+                    if fd >= 0:
+                        os.close(fd)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
@@ -142,8 +150,10 @@ def _receive(channel: socket.socket) -> tuple[dict, list[int]] | None:
     return json.loads(body), fds
 
 
-def _child(request: dict, fds: list[int], zygote: int, inherited: tuple[int, ...]) -> None:
-    """In the forked child: become the requested process; never returns."""
+def _child(request: dict, fds: list[int], zygote: int, grouped: int,
+           inherited: tuple[int, ...]) -> None:
+    """In the forked child: become the requested process; never returns. `grouped` is the
+    pipe the zygote waits on: written (and closed) once the child leads its group."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -154,6 +164,8 @@ def _child(request: dict, fds: list[int], zygote: int, inherited: tuple[int, ...
             os.setsid()
         else:
             os.setpgid(0, 0)
+        os.write(grouped, b"g")
+        os.close(grouped)
         if sys.platform.startswith("linux"):
             ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote:  # the zygote died before prctl took effect
