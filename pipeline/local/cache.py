@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.atomic import write_atomic
 from pipeline.errors import one_line
 from pipeline.local.home import local_home
-from pipeline.local.storage import local_gcs_path
+from pipeline.local.storage import local_gcs_path, resolves_inside
 
 if TYPE_CHECKING:
     import duckdb
@@ -352,10 +352,9 @@ def _output_file(value: str) -> bytes | None:
 
 
 def _in_local_home(path: str) -> bool:
-    """Whether a local path lies, symlinks resolved, in the local home (its storage, its runs):
-    the only files a cache entry keeps or puts back."""
-    real, home = os.path.realpath(path), os.path.realpath(local_home())
-    return os.path.commonpath([real, home]) == home
+    """Whether a local path lies in the local home (its storage, its runs): the only files a
+    cache entry keeps or puts back."""
+    return resolves_inside(path, local_home())
 
 
 def named_files(outputs: dict[str, str], artifacts: dict[str, str]) -> list[str]:

@@ -31,6 +31,7 @@ import google_crc32c
 
 from pipeline.atomic import write_atomic
 from pipeline.local.errors import Conflict, InvalidArgument, NotFound, PreconditionFailed
+from pipeline.local.storage import resolves_inside
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp|\.bq-export-.*\.csv")  # write_atomic, bq export
@@ -208,8 +209,7 @@ class FolderStorage:
         """The file of an object, refused if the name or a symlink would leave the root."""
         folder = self._bucket_folder(bucket)
         path = folder / check_object_name(name)
-        real_root = os.path.realpath(self.root)
-        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        if not resolves_inside(path, self.root):
             raise InvalidArgument(f"object {bucket}/{name} is a symlink out of local storage; "
                                   "only files inside it are served", reason="forbidden")
         return path
@@ -334,7 +334,6 @@ class FolderStorage:
         if start and (any(part in ("", ".", "..") for part in start.split("/"))
                       or base.is_symlink() or not base.is_dir()):
             return
-        real_root = os.path.realpath(self.root)
         for current, folders, files in os.walk(base):
             relative = os.path.relpath(current, folder)
             above = "" if relative == "." else relative + "/"
@@ -344,8 +343,7 @@ class FolderStorage:
                 name = above + file
                 path = os.path.join(current, file)
                 if (name.startswith(prefix) and not _TEMPORARY.fullmatch(file)
-                        and (not os.path.islink(path) or os.path.commonpath(
-                            [real_root, os.path.realpath(path)]) == real_root)):
+                        and (not os.path.islink(path) or resolves_inside(path, self.root))):
                     yield name
 
     @staticmethod

@@ -7,7 +7,8 @@ jobs of both surfaces (ml v1 and aiplatform v1); one registry holds the models o
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pipeline.local.home import registry_dir
 from pipeline.local.registry import Registry
@@ -17,63 +18,53 @@ from pipeline.local.vertex_endpoints import VertexEndpoints
 from pipeline.local.vertex_registry import VertexRegistry
 from pipeline.local.vertex_training import VertexTraining
 
-_lock = threading.RLock()
+_lock = threading.RLock()  # re-entrant: a service is made over the ones it needs
+_Service = TypeVar("_Service")
+
+
+def _made_once(app: Any, name: str, make: Callable[[], _Service]) -> _Service:
+    """`app.state.<name>`, made by `make` on first use."""
+    with _lock:
+        found = getattr(app.state, name, None)
+        if found is None:
+            found = make()
+            setattr(app.state, name, found)
+    return found
 
 
 def training_engine(app: Any) -> TrainingEngine:
     """The app's training core, created on first use and closed at shutdown; its processes
     fork from `app.state.warm_executor` when the app has one (a local run's)."""
-    with _lock:
-        engine = getattr(app.state, "training_engine", None)
-        if engine is None:
-            engine = app.state.training_engine = TrainingEngine(
-                app.state.home, server_url=getattr(app.state, "url", None),
-                executor=getattr(app.state, "warm_executor", None),
-                images=getattr(app.state, "images", None))
-            app.router.on_shutdown.append(engine.close)
-    return engine
+    def make() -> TrainingEngine:
+        engine = TrainingEngine(app.state.home, server_url=getattr(app.state, "url", None),
+                                executor=getattr(app.state, "warm_executor", None),
+                                images=getattr(app.state, "images", None))
+        app.router.on_shutdown.append(engine.close)
+        return engine
+
+    return _made_once(app, "training_engine", make)
 
 
 def training_service(app: Any) -> TrainingService:
     """The ml v1 projects.jobs surface over the app's training core."""
-    with _lock:
-        service = getattr(app.state, "training", None)
-        if service is None:
-            service = app.state.training = TrainingService(training_engine(app))
-    return service
+    return _made_once(app, "training", lambda: TrainingService(training_engine(app)))
 
 
 def vertex_training(app: Any) -> VertexTraining:
     """The aiplatform v1 customJobs/hyperparameterTuningJobs surface over the same core."""
-    with _lock:
-        service = getattr(app.state, "vertex_training", None)
-        if service is None:
-            service = app.state.vertex_training = VertexTraining(training_engine(app))
-    return service
+    return _made_once(app, "vertex_training", lambda: VertexTraining(training_engine(app)))
 
 
 def registry(app: Any) -> Registry:
     """The app's model registry over its home folder (ml v1 models and versions)."""
-    with _lock:
-        found = getattr(app.state, "registry", None)
-        if found is None:
-            found = app.state.registry = Registry(registry_dir(app.state.home))
-    return found
+    return _made_once(app, "registry", lambda: Registry(registry_dir(app.state.home)))
 
 
 def vertex_registry(app: Any) -> VertexRegistry:
     """The aiplatform v1 models, endpoints and operations over the same registry."""
-    with _lock:
-        found = getattr(app.state, "vertex_registry", None)
-        if found is None:
-            found = app.state.vertex_registry = VertexRegistry(registry(app))
-    return found
+    return _made_once(app, "vertex_registry", lambda: VertexRegistry(registry(app)))
 
 
 def vertex_endpoints(app: Any) -> VertexEndpoints:
     """The aiplatform v1 endpoints over the app's Vertex AI models."""
-    with _lock:
-        found = getattr(app.state, "vertex_endpoints", None)
-        if found is None:
-            found = app.state.vertex_endpoints = VertexEndpoints(vertex_registry(app))
-    return found
+    return _made_once(app, "vertex_endpoints", lambda: VertexEndpoints(vertex_registry(app)))

@@ -62,12 +62,19 @@ def resolve_in_storage(uri: str, what: str, root: Path | None = None) -> str:
     if "://" in uri or not os.path.isabs(uri):
         kind = "a URL" if "://" in uri else "relative"
         raise InvalidArgument(f"{what} {uri!r} is {kind}; use {allowed}")
-    real, real_root = os.path.realpath(uri), os.path.realpath(root)
-    if os.path.commonpath([real, real_root]) != real_root:
+    real = os.path.realpath(uri)
+    if not resolves_inside(real, root):
         resolved = "" if real == os.path.normpath(uri) else f" (it resolves to {real})"
         raise InvalidArgument(f"{what} {uri} is outside the project's storage{resolved}; "
                               f"use {allowed}")
     return real
+
+
+def resolves_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether `path`, after `..` and every symlink, lies in `root` (itself resolved too): THE
+    check that a file is in the project's own storage or home."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(path), real_root]) == real_root
 
 
 def local_gcs_path(uri: str, root: Path | None = None) -> str:

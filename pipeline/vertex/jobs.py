@@ -104,10 +104,15 @@ class Waiting:
         time.sleep(min(self.interval, left))
 
 
-def worker_pool(image_uri: str, args: list[str], machine_type: str) -> dict[str, Any]:
-    """One WorkerPoolSpec: a single replica of the image with the args."""
-    return {"machineSpec": {"machineType": machine_type}, "replicaCount": "1",
-            "containerSpec": {"imageUri": image_uri, "args": list(args)}}
+def job_spec(image_uri: str, args: list[str], base_output_directory: str,
+             machine_type: str) -> dict[str, Any]:
+    """A CustomJobSpec (a custom job's `jobSpec`, a tuning job's `trialJobSpec`): one worker
+    pool of a single replica running the image with the args, writing under the directory."""
+    return {
+        "workerPoolSpecs": [{"machineSpec": {"machineType": machine_type}, "replicaCount": "1",
+                             "containerSpec": {"imageUri": image_uri, "args": list(args)}}],
+        "baseOutputDirectory": {"outputUriPrefix": base_output_directory},
+    }
 
 
 def run_job(client: VertexClient, kind: str, body: dict, identity: StepIdentity,

@@ -53,8 +53,5 @@ def custom_job_request(identity: jobs.StepIdentity, image_uri: str, args: list[s
     return {
         "displayName": identity.display_name,
         "labels": identity.labels,
-        "jobSpec": {
-            "workerPoolSpecs": [jobs.worker_pool(image_uri, args, machine_type)],
-            "baseOutputDirectory": {"outputUriPrefix": base_output_directory},
-        },
+        "jobSpec": jobs.job_spec(image_uri, args, base_output_directory, machine_type),
     }

@@ -63,8 +63,5 @@ def tuning_job_request(identity: jobs.StepIdentity, study: dict[str, Any], image
         "displayName": identity.display_name,
         "labels": identity.labels,
         **study,
-        "trialJobSpec": {
-            "workerPoolSpecs": [jobs.worker_pool(image_uri, args, machine_type)],
-            "baseOutputDirectory": {"outputUriPrefix": base_output_directory},
-        },
+        "trialJobSpec": jobs.job_spec(image_uri, args, base_output_directory, machine_type),
     }

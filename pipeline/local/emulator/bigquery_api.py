@@ -10,7 +10,6 @@ tabledata.list over warehouse tables. Paths are the discovery document's
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.errors import one_line
 from pipeline.local import query_jobs
 from pipeline.local.bigquery import Warehouse, WarehouseError, parse_table_name
+from pipeline.local.emulator.bodies import json_object
 from pipeline.local.errors import InvalidArgument, NotFound, Unimplemented
 from pipeline.local.home import warehouse_path
 from pipeline.local.query_jobs import QueryJobs, check_project, check_query_request, page
@@ -39,7 +39,7 @@ def jobs(request: Request) -> QueryJobs:
 @router.post("/jobs")
 async def insert_job(project: str, request: Request) -> dict:
     """jobs.insert: a query job, run to completion before the answer."""
-    return await run_in_threadpool(jobs(request).insert, project, await _json(request))
+    return await run_in_threadpool(jobs(request).insert, project, await json_object(request))
 
 
 @router.get("/jobs/{job_id}")
@@ -59,7 +59,7 @@ async def get_query_results(project: str, job_id: str, request: Request) -> dict
 @router.post("/queries")
 async def query(project: str, request: Request) -> dict:
     """jobs.query: run a query as a job and answer with its first page."""
-    body = await _json(request)
+    body = await json_object(request)
     check_query_request(body, QUERY_REQUEST_KEYS)
     configuration = {"query": {key: body[key] for key in query_jobs.QUERY_KEYS if key in body}}
     reference = {"location": body["location"]} if body.get("location") else {}
@@ -146,13 +146,3 @@ def _paging(request: Request) -> tuple[int, int | None]:
 def _int64_timestamps(request: Request) -> bool:
     return request.query_params.get("formatOptions.useInt64Timestamp") == "true"
 
-
-async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidArgument("the request body is not valid JSON", reason="parseError") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("the request body must be a JSON object", reason="invalid")
-    return body

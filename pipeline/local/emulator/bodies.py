@@ -20,3 +20,16 @@ async def json_body(request: Request) -> Any:
     except ValueError as error:
         raise InvalidArgument(f"the request body is not valid JSON ({one_line(error)}); send "
                               "a JSON object") from None
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, refused as Cloud Storage and BigQuery refuse it (with their
+    `errors[].reason`: parseError, invalid); an empty body is `{}`."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise InvalidArgument("the request body is not valid JSON", reason="parseError") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object", reason="invalid")
+    return body

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.atomic import write_atomic
+from pipeline.local.emulator.bodies import json_object
 from pipeline.local.errors import InvalidArgument, NotFound, Unimplemented
 from pipeline.local.gcs_store import FolderStorage, Preconditions
 from pipeline.local.home import storage_root
@@ -47,7 +48,7 @@ async def list_buckets(request: Request, store: FolderStorage) -> Response:
 
 
 async def insert_bucket(request: Request, store: FolderStorage) -> Response:
-    body = await _json(request)
+    body = await json_object(request)
     return JSONResponse(await run_in_threadpool(store.create_bucket, str(body.get("name", ""))))
 
 
@@ -121,7 +122,7 @@ async def copy_object(request: Request, store: FolderStorage, bucket: str, objec
                               reason="invalid")
     resource = await run_in_threadpool(
         store.copy_object, bucket, object, destination_bucket, destination_object,
-        await _json(request), Preconditions.from_query(query),
+        await json_object(request), Preconditions.from_query(query),
         query.get("sourceGeneration"))
     if verb == "copyTo":
         return JSONResponse(resource)
@@ -196,7 +197,7 @@ def _part(part: bytes) -> tuple[str, bytes]:
 
 async def _start_session(request: Request, store: FolderStorage, bucket: str,
                          preconditions: Preconditions) -> Response:
-    resource = await _json(request)
+    resource = await json_object(request)
     name = str(resource.pop("name", "") or request.query_params.get("name", ""))
     resource.pop("bucket", None)
     if request.headers.get("x-upload-content-type") and not resource.get("contentType"):
@@ -266,16 +267,6 @@ def _append(path: Path, data: bytes) -> None:
     with open(path, "ab") as stream:
         stream.write(data)
 
-
-async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidArgument("the request body is not valid JSON", reason="parseError") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("the request body must be a JSON object", reason="invalid")
-    return body
 
 
 # Route table ------------------------------------------------------------------------------
