@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +51,15 @@ def compiled_vertex_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = compile_dsl(output, PLATFORM="vertex")
     assert result.returncode == 0, result.stderr
     return output
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """2,000 training and 500 validation rows of the bundled Covertype CSV (a training job's
+    datasets in the training tests)."""
+    folder = tmp_path_factory.mktemp("data")
+    rows = pd.read_csv(BUNDLED_CSV, nrows=2500)
+    train_csv, validation_csv = folder / "train.csv", folder / "validation.csv"
+    rows.iloc[:2000].to_csv(train_csv, index=False)
+    rows.iloc[2000:].to_csv(validation_csv, index=False)
+    return str(train_csv), str(validation_csv)

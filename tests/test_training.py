@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from googleapiclient.errors import HttpError
 
@@ -26,21 +25,9 @@ from pipeline.local.launcher import parse_inputs
 from pipeline.local.tuning import Tuner, seed_for
 from pipeline.ml_client import EMULATOR_HOST_ENV, ml_service
 
-REPO = Path(__file__).resolve().parents[1]
 PROJECT = "local"
 IMAGE = "gcr.io/local/trainer_image:latest"
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """2,000 training and 500 validation rows of the bundled Covertype CSV."""
-    folder = tmp_path_factory.mktemp("data")
-    rows = pd.read_csv(REPO / "data" / "covertype.csv.gz", nrows=2500)
-    train_csv, validation_csv = folder / "train.csv", folder / "validation.csv"
-    rows.iloc[:2000].to_csv(train_csv, index=False)
-    rows.iloc[2000:].to_csv(validation_csv, index=False)
-    return str(train_csv), str(validation_csv)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from discovery_schema import assert_conforms
 from googleapiclient.errors import HttpError
@@ -31,7 +30,6 @@ from pipeline.ml_client import (
     ml_service,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = discovery.document("aiplatform", "v1")
 REGION = "us-central1"
 PARENT = f"projects/local/locations/{REGION}"
@@ -45,17 +43,6 @@ MAX_ITER = {"parameterId": "max_iter", "discreteValueSpec": {"values": [5, 10]}}
 def _conforms(schema: str, value: object) -> None:
     assert_conforms(DOC, schema if schema.startswith("Google") else
                     f"GoogleCloudAiplatformV1{schema}", value)
-
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """2,000 training and 500 validation rows of the bundled Covertype CSV."""
-    folder = tmp_path_factory.mktemp("data")
-    rows = pd.read_csv(REPO / "data" / "covertype.csv.gz", nrows=2500)
-    train_csv, validation_csv = folder / "train.csv", folder / "validation.csv"
-    rows.iloc[:2000].to_csv(train_csv, index=False)
-    rows.iloc[2000:].to_csv(validation_csv, index=False)
-    return str(train_csv), str(validation_csv)
 
 
 @pytest.fixture(scope="module")
